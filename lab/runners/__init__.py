@@ -1,0 +1,104 @@
+"""Runner registry and plugin loading.
+
+`resolve_runner("onnxruntime")` returns a built-in class; `resolve_runner("x.py:MyRunner")`
+or `resolve_runner("pkg.mod:MyRunner")` imports a user's runner class.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from lab.errors import ConfigError, PluginError
+from lab.runners.base import Runner
+
+# name -> "module:Class"; imported lazily so GPU libraries are never needed on the CPU path.
+RUNNERS: dict[str, str] = {
+    "onnxruntime": "lab.runners.onnxruntime:OnnxRuntimeRunner",
+    "torch": "lab.runners.torch:TorchRunner",
+    "tensorrt": "lab.runners.tensorrt:TensorRTRunner",
+}
+
+
+def _import_class(module: Any, class_name: str, where: str) -> type[Runner]:
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise PluginError(f"runner plugin {where} has no class {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Runner)):
+        raise PluginError(f"runner plugin {where}:{class_name} is not a subclass of lab.runners.base.Runner")
+    return cls
+
+
+def load_plugin(spec: str) -> type[Runner]:
+    """Import `path/to/file.py:ClassName` or `package.module:ClassName`."""
+    target, sep, class_name = spec.rpartition(":")
+    if not sep or not target or not class_name:
+        raise PluginError(f"runner plugin {spec!r} must look like path/to/file.py:ClassName")
+    if target.endswith(".py") or "/" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise PluginError(f"runner plugin file {path} does not exist")
+        module_name = f"servelab_plugin_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise PluginError(f"cannot import runner plugin {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise PluginError(f"runner plugin {path} failed to import: {type(exc).__name__}: {exc}") from exc
+        return _import_class(module, class_name, str(path))
+    try:
+        module = importlib.import_module(target)
+    except ImportError as exc:
+        raise PluginError(f"cannot import runner plugin module {target!r}: {exc}") from exc
+    return _import_class(module, class_name, target)
+
+
+def resolve_runner(spec: str) -> type[Runner]:
+    """A built-in runner name or a plugin spec -> the runner class."""
+    if spec in RUNNERS:
+        module_name, class_name = RUNNERS[spec].split(":")
+        return _import_class(importlib.import_module(module_name), class_name, module_name)
+    if ":" in spec:
+        return load_plugin(spec)
+    raise ConfigError(
+        f"unknown runner {spec!r}: choose from {', '.join(RUNNERS)} or give path/to/file.py:ClassName"
+    )
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """`["threads=2", "device=cuda"]` -> {"threads": 2, "device": "cuda"} (ints, floats, bools parsed)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"runner option {pair!r} must look like key=value")
+        options[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return options
+
+
+def _parse_value(value: str) -> Any:
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def create_runner(spec: str, options: dict[str, Any] | None = None) -> Runner:
+    """Resolve and construct a runner; a plugin constructor that fails is a PluginError."""
+    cls = resolve_runner(spec)
+    try:
+        return cls(**(options or {}))
+    except TypeError as exc:
+        raise ConfigError(f"runner {spec!r} does not accept these options: {exc}") from exc
