@@ -124,7 +124,8 @@ class DynamicBatcher:
         self._running = False
         self._inflight = 0
         self._threads = [
-            threading.Thread(target=self._loop, name=f"batcher-{i}", daemon=True) for i in range(workers)
+            threading.Thread(target=self._loop, name=f"batcher-{i}", daemon=True)
+            for i in range(workers)
         ]
         self.on_batch: Callable[[int, int, int], None] | None = None  # (size, start_ns, end_ns)
 
@@ -179,7 +180,9 @@ class DynamicBatcher:
             if not self._running:
                 raise ServeError("batcher is not running")
             if self.max_queue_size and len(self._queue) >= self.max_queue_size:
-                raise Overloaded(f"queue is full ({self.max_queue_size} requests waiting); retry later")
+                raise Overloaded(
+                    f"queue is full ({self.max_queue_size} requests waiting); retry later"
+                )
             self._queue.append(item)
             self._cond.notify()
         return item.future
@@ -226,7 +229,9 @@ class DynamicBatcher:
         for item in batch:
             if item.deadline_ns and start > item.deadline_ns:
                 waited_ms = (start - item.enqueue_ns) / 1e6
-                item.future.set_exception(QueueTimeout(f"request timed out after {waited_ms:.1f} ms in the queue"))
+                item.future.set_exception(
+                    QueueTimeout(f"request timed out after {waited_ms:.1f} ms in the queue")
+                )
             elif item.future.set_running_or_notify_cancel():
                 live.append(item)
         if not live:

@@ -29,7 +29,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="servelab", description="ServeLab: make model serving fast without breaking it.")
+    parser = _Parser(
+        prog="servelab", description="ServeLab: make model serving fast without breaking it."
+    )
     parser.add_argument("--version", action="version", version=f"servelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:

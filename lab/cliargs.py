@@ -19,8 +19,12 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) ->
         parser.add_argument("model", help="model name, e.g. encoder or ranker")
     else:
         parser.add_argument("--model", default="encoder", help="model name (default: encoder)")
-    parser.add_argument("--size", default=None, help="model size (default: the model's default_size)")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="exported precision")
+    parser.add_argument(
+        "--size", default=None, help="model size (default: the model's default_size)"
+    )
+    parser.add_argument(
+        "--precision", default="fp32", choices=PRECISIONS, help="exported precision"
+    )
 
 
 def add_runner_args(parser: argparse.ArgumentParser, default: str = "onnxruntime") -> None:

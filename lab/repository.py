@@ -182,7 +182,9 @@ def _resolve_dim(dim: int | str, size_cfg: Any, where: str) -> int:
         return -1
     if size_cfg is not None and hasattr(size_cfg, dim):
         return int(getattr(size_cfg, dim))
-    raise ConfigError(f"{where}: dimension {dim!r} is neither an integer nor a field of the size config")
+    raise ConfigError(
+        f"{where}: dimension {dim!r} is neither an integer nor a field of the size config"
+    )
 
 
 def _parse_specs(
@@ -269,7 +271,9 @@ class ModelRepository:
         if size not in module.SIZES:
             raise ModelNotFound(f"model {name} has no size {size!r} (sizes: {', '.join(sizes)})")
         if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+            raise ConfigError(
+                f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})"
+            )
         config = parse_config(self.root / name / "config.toml", module.SIZES[size], sizes)
         return ModelHandle(
             name=name,

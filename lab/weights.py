@@ -68,13 +68,14 @@ def ensure_weights(handle: ModelHandle) -> Path:
 
 def load_module(handle: ModelHandle, generate_missing: bool = True) -> Any:
     """The model's torch.nn.Module in eval mode with its deterministic fp32 weights."""
-    import torch
     from safetensors.torch import load_file
 
     if generate_missing:
         ensure_weights(handle)
     elif not handle.weights_path.is_file():
-        raise ModelNotFound(f"weights {handle.weights_path} missing: run `servelab export {handle.name}`")
+        raise ModelNotFound(
+            f"weights {handle.weights_path} missing: run `servelab export {handle.name}`"
+        )
     module = handle.module.build(handle.size_config)
     module.load_state_dict(load_file(str(handle.weights_path)), strict=True)
     module.eval()

@@ -28,7 +28,9 @@ def _import_class(module: Any, class_name: str, where: str) -> type[Runner]:
     if cls is None:
         raise PluginError(f"runner plugin {where} has no class {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, Runner)):
-        raise PluginError(f"runner plugin {where}:{class_name} is not a subclass of lab.runners.base.Runner")
+        raise PluginError(
+            f"runner plugin {where}:{class_name} is not a subclass of lab.runners.base.Runner"
+        )
     return cls
 
 
@@ -51,7 +53,9 @@ def load_plugin(spec: str) -> type[Runner]:
             module_spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(module_name, None)
-            raise PluginError(f"runner plugin {path} failed to import: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(
+                f"runner plugin {path} failed to import: {type(exc).__name__}: {exc}"
+            ) from exc
         return _import_class(module, class_name, str(path))
     try:
         module = importlib.import_module(target)

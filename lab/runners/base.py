@@ -98,9 +98,13 @@ class Runner:
         for spec in self._inputs:
             array = inputs[spec.name]
             if not isinstance(array, np.ndarray):
-                raise InputError(f"input {spec.name!r} must be a numpy array, got {type(array).__name__}")
+                raise InputError(
+                    f"input {spec.name!r} must be a numpy array, got {type(array).__name__}"
+                )
             if array.dtype != self._input_dtypes[spec.name]:
-                raise InputError(f"input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}")
+                raise InputError(
+                    f"input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}"
+                )
             shape = array.shape
             if len(shape) != len(spec.shape):
                 raise InputError(
@@ -115,14 +119,20 @@ class Runner:
             if batch == -1:
                 batch = shape[0]
             elif shape[0] != batch:
-                raise InputError(f"input {spec.name!r} has batch size {shape[0]}, others have {batch}")
+                raise InputError(
+                    f"input {spec.name!r} has batch size {shape[0]}, others have {batch}"
+                )
         if batch < 1:
             raise InputError("batch size must be at least 1")
         if self._max_batch and batch > self._max_batch:
-            raise InputError(f"batch size {batch} exceeds the model's max_batch_size {self._max_batch}")
+            raise InputError(
+                f"batch size {batch} exceeds the model's max_batch_size {self._max_batch}"
+            )
         return batch
 
-    def _validate_outputs(self, outputs: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    def _validate_outputs(
+        self, outputs: Mapping[str, np.ndarray], batch: int
+    ) -> dict[str, np.ndarray]:
         if not isinstance(outputs, Mapping):
             raise RunnerError(
                 f"runner {self.name} returned {type(outputs).__name__}; infer_impl must return a dict"

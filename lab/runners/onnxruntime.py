@@ -55,7 +55,9 @@ class OnnxRuntimeRunner(Runner):
                     provider = choice
                     break
         if provider not in _PROVIDERS:
-            raise ConfigError(f"unknown onnxruntime provider {provider!r}: choose cpu, cuda, tensorrt or auto")
+            raise ConfigError(
+                f"unknown onnxruntime provider {provider!r}: choose cpu, cuda, tensorrt or auto"
+            )
         wanted = _PROVIDERS[provider]
         if wanted[0] not in available:
             raise BackendUnavailable(
@@ -71,7 +73,9 @@ class OnnxRuntimeRunner(Runner):
         path = model.require_exported()
         level = str(self.options["graph_optimization"])
         if level not in _LEVELS:
-            raise ConfigError(f"unknown graph_optimization {level!r}: choose from {', '.join(_LEVELS)}")
+            raise ConfigError(
+                f"unknown graph_optimization {level!r}: choose from {', '.join(_LEVELS)}"
+            )
         so = ort.SessionOptions()
         so.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

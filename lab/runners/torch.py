@@ -22,7 +22,9 @@ _DTYPES = ("fp32", "fp16", "bf16")
 class TorchRunner(Runner):
     name = "torch"
 
-    def __init__(self, device: str = "cpu", dtype: str = "fp32", threads: int = 0, **options: Any) -> None:
+    def __init__(
+        self, device: str = "cpu", dtype: str = "fp32", threads: int = 0, **options: Any
+    ) -> None:
         super().__init__(device=device, dtype=dtype, threads=threads, **options)
         self._module: Any = None
         self._torch: Any = None
@@ -41,7 +43,9 @@ class TorchRunner(Runner):
             raise ConfigError(f"unknown torch dtype {dtype!r}: choose from {', '.join(_DTYPES)}")
         device = str(self.options["device"])
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailable("torch runner: device=cuda asked for, but torch sees no CUDA GPU")
+            raise BackendUnavailable(
+                "torch runner: device=cuda asked for, but torch sees no CUDA GPU"
+            )
         if int(self.options["threads"]) > 0:
             torch.set_num_threads(int(self.options["threads"]))
         self._torch = torch
