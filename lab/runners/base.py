@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lab.errors import InputError, RunnerError
+from lab.errors import InputError, LabError, RunnerError
 from lab.repository import ModelHandle, TensorSpec
 
 
@@ -64,7 +64,14 @@ class Runner:
         self._outputs = tuple(model.outputs)
         self._input_dtypes = {s.name: np.dtype(s.dtype) for s in self._inputs}
         self._max_batch = model.config.max_batch_size
-        self.load_impl(model)
+        try:
+            self.load_impl(model)
+        except LabError:
+            raise
+        except Exception as exc:  # a plugin's bug is the user's to fix: say so in one line
+            raise RunnerError(
+                f"runner {self.name} failed to load {model.name}: {type(exc).__name__}: {exc}"
+            ) from exc
         self.model = model
         return self
 
@@ -74,7 +81,12 @@ class Runner:
             raise RunnerError(f"runner {self.name} is not loaded: call load(model) first")
         batch = self._validate_inputs(inputs)
         start = time.perf_counter_ns()
-        outputs = self.infer_impl(dict(inputs))
+        try:
+            outputs = self.infer_impl(dict(inputs))
+        except LabError:
+            raise
+        except Exception as exc:
+            raise RunnerError(f"runner {self.name} failed: {type(exc).__name__}: {exc}") from exc
         self.last_infer_ms = (time.perf_counter_ns() - start) / 1e6
         return self._validate_outputs(outputs, batch)
 
