@@ -1,7 +1,9 @@
 """Overhead of the built-in ONNX Runtime runner over a bare onnxruntime.InferenceSession.
 
 Both run the same exported model on the same inputs, interleaved in short blocks so that
-machine noise hits both alike; the figure is the ratio of median per-call times.
+machine noise hits both alike; the figure is the median of per-round paired ratios
+(runner / bare). A second ratio against `session.run` on the runner's own session isolates
+the wrapper's cost (validation and timing) from session-to-session variation.
 Target: runner / bare <= 1.03 at batch 1 and batch 32. Exit 1 when a target is missed.
 
     .venv/bin/python benchmarks/runner_overhead.py [--model encoder] [--rounds 30]
@@ -47,21 +49,28 @@ def measure(model: str, batch: int, rounds: int, calls: int) -> dict[str, float]
     def bare_run(x: dict[str, np.ndarray]) -> object:
         return bare.run(names, x)
 
-    for _ in range(3):  # warm-up both
-        runner.infer(inputs)
-        bare_run(inputs)
-    runner_ms, bare_ms = [], []
-    for r in range(rounds):  # alternate the order so neither always runs first
-        pair = [(runner.infer, runner_ms), (bare_run, bare_ms)]
-        for fn, out in pair if r % 2 == 0 else pair[::-1]:
-            out.append(_block_ms(fn, inputs, calls))
+    def same_session_run(x: dict[str, np.ndarray]) -> object:
+        return runner.session.run(names, x)
+
+    contenders = {"runner": runner.infer, "bare": bare_run, "same_session": same_session_run}
+    for _ in range(3):  # warm-up
+        for fn in contenders.values():
+            fn(inputs)
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    order = list(contenders)
+    for r in range(rounds):  # rotate the order so no contender always runs first
+        for key in order[r % 3 :] + order[: r % 3]:
+            times[key].append(_block_ms(contenders[key], inputs, calls))
     runner.close()
-    r_med, b_med = statistics.median(runner_ms), statistics.median(bare_ms)
+    # Paired ratios per round absorb slow drift of the machine; report their median.
+    ratio_bare = statistics.median(a / b for a, b in zip(times["runner"], times["bare"]))
+    ratio_same = statistics.median(a / b for a, b in zip(times["runner"], times["same_session"]))
     return {
         "batch": batch,
-        "runner_median_ms": round(r_med, 4),
-        "bare_median_ms": round(b_med, 4),
-        "ratio": round(r_med / b_med, 4),
+        "runner_median_ms": round(statistics.median(times["runner"]), 4),
+        "bare_session_median_ms": round(statistics.median(times["bare"]), 4),
+        "ratio": round(ratio_bare, 4),
+        "ratio_vs_runner_own_session": round(ratio_same, 4),
     }
 
 
