@@ -9,7 +9,7 @@ Options:
     workspace_mb     builder workspace pool (default 4096)
     opt_batch        batch size the optimisation profile is tuned for (default 8)
     max_seq          max sequence length for dynamic non-batch axes (default: from the model's
-                     size config `max_seq` if it has one, else 512)
+                     size config `max_seq_len` if it has one, else 512)
     fp16             TensorRT 10 only: set BuilderFlag.FP16. TensorRT 11 networks are strongly
                      typed: export with `--precision fp16` instead (default False)
     cuda_graph       capture one CUDA graph per input shape and replay it (default False)
@@ -77,7 +77,7 @@ class TensorRTRunner(Runner):
     def _profile_shapes(self, model: ModelHandle) -> dict[str, tuple[tuple[int, ...], ...]]:
         max_batch = model.config.max_batch_size
         opt_batch = min(int(self.options["opt_batch"]), max_batch)
-        max_seq = int(self.options["max_seq"]) or int(getattr(model.size_config, "max_seq", 512))
+        max_seq = int(self.options["max_seq"]) or int(getattr(model.size_config, "max_seq_len", 512))
         shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
         for spec in model.inputs:
             lo, opt, hi = [1], [opt_batch], [max_batch]
