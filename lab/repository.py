@@ -2,8 +2,9 @@
 
 Each model folder holds `model.py` (the PyTorch definition, one readable file),
 `config.toml` (inputs, outputs, batching, tolerances, SLO) and generated versions
-that git ignores: `models/<name>/1/<size>-<precision>/` with `model.onnx`,
-`weights.safetensors`, `manifest.json` and `reference.npz`.
+that git ignores under `models/<name>/1/`: `<size>-<precision>/model.onnx` and
+`manifest.json` per variant, plus `<size>-weights.safetensors` and `<size>-reference.npz`
+shared by the precisions of a size.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ class ModelConfig:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def tolerance(self, precision: str) -> dict[str, dict[str, float]]:
-        """Per-output tolerances for a precision (falls back to fp32's)."""
-        return self.tolerances.get(precision) or self.tolerances.get("fp32", {})
+        """Per-output tolerances declared for a precision ({} when none: the checker then uses
+        its own defaults for that precision, never fp32's)."""
+        return dict(self.tolerances.get(precision, {}))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Every machine and PyTorch version produces the same bytes, because the numbers come from
 numpy's PCG64 stream (not torch's RNG) in the sorted order of the parameter names.
-A model may define `init_weights(cfg, module, rng) -> dict[str, np.ndarray]` in its
+A model may define `init_weights(cfg, state_dict, rng) -> dict[str, np.ndarray]` in its
 `model.py`; otherwise `default_init` is used.
 """
 

@@ -88,7 +88,7 @@ class OnnxRuntimeRunner(Runner):
         so.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), so, providers=self._providers(ort))
-        except (RuntimeError, ValueError) as exc:  # onnxruntime raises its own Fail/InvalidGraph
+        except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NoSuchFile derive from Exception
             raise RunnerError(f"onnxruntime could not load {path}: {exc}") from exc
         self._output_names = [o.name for o in model.outputs]
 

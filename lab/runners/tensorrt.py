@@ -77,7 +77,9 @@ class TensorRTRunner(Runner):
     def _profile_shapes(self, model: ModelHandle) -> dict[str, tuple[tuple[int, ...], ...]]:
         max_batch = model.config.max_batch_size
         opt_batch = min(int(self.options["opt_batch"]), max_batch)
-        max_seq = int(self.options["max_seq"]) or int(getattr(model.size_config, "max_seq_len", 512))
+        max_seq = int(self.options["max_seq"]) or int(
+            getattr(model.size_config, "max_seq_len", 512)
+        )
         shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
         for spec in model.inputs:
             lo, opt, hi = [1], [opt_batch], [max_batch]

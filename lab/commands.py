@@ -1,0 +1,151 @@
+"""`servelab models`, `servelab export` and `servelab verify`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lab.cliargs import add_model_args, add_runner_args, model_from_args, runner_from_args
+from lab.errors import CheckFailed
+from lab.repository import PRECISIONS, ModelRepository
+
+
+def register(sub: Any) -> None:
+    models = sub.add_parser("models", help="list the models in the repository and their exports")
+    models.add_argument(
+        "--model-repository",
+        default=None,
+        help="model repository folder (default: ./models, or $SERVELAB_MODEL_REPOSITORY)",
+    )
+    models.set_defaults(func=cmd_models)
+
+    export = sub.add_parser(
+        "export", help="export a model to ONNX with its weights, reference set and manifest"
+    )
+    add_model_args(export, positional=True)
+    export.add_argument(
+        "--force", action="store_true", help="rebuild even when everything is up to date"
+    )
+    export.set_defaults(func=cmd_export)
+
+    verify = sub.add_parser(
+        "verify", help="run the reference set through a runner and check every output"
+    )
+    add_model_args(verify)
+    add_runner_args(verify)
+    verify.add_argument(
+        "--batch-size", type=int, default=1, help="samples per padded batch (default: 1)"
+    )
+    verify.set_defaults(func=cmd_verify)
+
+
+def _shape(spec: Any) -> str:
+    return f"{spec.name} {spec.datatype} [{', '.join(str(d) for d in spec.shape)}]"
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows
+    )
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from lab.export import read_manifest, stale_reasons
+
+    repository = ModelRepository(args.model_repository)
+    names = repository.names()
+    if not names:
+        print(f"no models in {repository.root}")
+        return 0
+    rows = [("model", "sizes", "max_batch", "slo_ms", "inputs", "outputs")]
+    exports: list[tuple[str, ...]] = [("variant", "onnx_sha256", "weights_sha256", "exported_at")]
+    for name in names:
+        handle = repository.handle(name)
+        rows.append(
+            (
+                name,
+                ", ".join(
+                    f"{s}*" if s == handle.config.default_size else s for s in handle.config.sizes
+                ),
+                str(handle.config.max_batch_size),
+                f"{handle.config.slo_ms:g}",
+                "; ".join(_shape(s) for s in handle.inputs),
+                "; ".join(_shape(s) for s in handle.outputs),
+            )
+        )
+        for size in handle.config.sizes:
+            for precision in PRECISIONS:
+                variant = repository.handle(name, size, precision)
+                manifest = read_manifest(variant)
+                if not variant.is_exported or not manifest:
+                    continue
+                state = " (stale)" if stale_reasons(variant) else ""
+                exports.append(
+                    (
+                        f"{name}/{size}-{precision}{state}",
+                        str(manifest.get("onnx_sha256", "?"))[:12],
+                        str(manifest.get("weights_sha256", "?"))[:12],
+                        str(manifest.get("exported_at", "?")),
+                    )
+                )
+    print(f"model repository {repository.root} (* = default size)")
+    print(_table(rows))
+    print()
+    if len(exports) == 1:
+        print("nothing exported yet: run `servelab export MODEL`")
+    else:
+        print(_table(exports))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lab.export import export
+
+    handle = model_from_args(args)
+    outcome = export(
+        handle, force=args.force, log=lambda message: print(f"  {message}", flush=True)
+    )
+    manifest = outcome.manifest
+    what = f"{handle.name} {handle.size} {handle.precision}"
+    if not outcome.built:
+        print(f"{what} is up to date: {handle.onnx_path} (--force rebuilds)")
+        return 0
+    parity = manifest["parity"]
+    errors = ", ".join(f"{k} {v:.2e}" for k, v in parity["max_abs_err"].items())
+    print(f"exported {what} in {outcome.seconds:.1f} s ({'; '.join(outcome.reasons)})")
+    print(f"  onnx      {handle.onnx_path}  sha256 {manifest['onnx_sha256'][:12]}")
+    print(f"  weights   {handle.weights_path}  sha256 {manifest['weights_sha256'][:12]}")
+    print(f"  reference {handle.reference_path} (public seed {manifest['reference_seed']})")
+    print(f"  parity    ONNX Runtime vs PyTorch on {parity['samples']} samples: {errors}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lab.export import ensure_exported
+    from lab.verify import verify
+
+    handle = model_from_args(args)
+    ensure_exported(handle)
+    runner = runner_from_args(args)
+    runner.load(handle)
+    try:
+        result = verify(handle, runner, batch_size=args.batch_size)
+    finally:
+        runner.close()
+    print(
+        f"verify {handle.name} {handle.size} {handle.precision} with runner {args.runner}, "
+        f"batch size {args.batch_size}"
+    )
+    print(result.summary())
+    if not result:
+        failed = [name for name, o in result.outputs.items() if not o.passed]
+        print(
+            f"servelab: verify failed: {', '.join(failed) or 'outputs'} out of tolerance "
+            f"on {len(result.failing_samples)} of {result.n_samples} samples",
+            file=sys.stderr,
+        )
+        return CheckFailed.exit_code
+    return 0
