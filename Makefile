@@ -9,7 +9,7 @@ PIP_CONSTRAINT_FLAG = $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.servelab-installed
 
-.PHONY: venv bench test lint typecheck unit clean
+.PHONY: venv bench test lint typecheck unit proto clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,9 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit
+
+proto: $(STAMP)
+	$(BIN)/python -m lab.serve.gen_proto
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache

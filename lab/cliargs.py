@@ -31,7 +31,7 @@ def add_runner_args(parser: argparse.ArgumentParser, default: str = "onnxruntime
     parser.add_argument(
         "--runner",
         default=default,
-        help=f"built-in runner (onnxruntime, torch, tensorrt) or path/to/file.py:ClassName (default: {default})",
+        help=f"built-in runner (onnxruntime, torch, tensorrt, remote) or path/to/file.py:ClassName (default: {default})",
     )
     parser.add_argument(
         "--runner-option",

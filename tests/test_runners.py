@@ -143,6 +143,8 @@ def test_unknown_runner_and_bad_options_are_config_errors() -> None:
         "x": 0.5,
         "p": "cpu",
     }
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'thredas'"):
+        create_runner("onnxruntime", {"thredas": 2})
     with pytest.raises(ConfigError, match="unknown onnxruntime provider"):
         create_runner("onnxruntime", {"provider": "quantum"})._providers(__import__("onnxruntime"))
 

@@ -20,6 +20,7 @@ RUNNERS: dict[str, str] = {
     "onnxruntime": "lab.runners.onnxruntime:OnnxRuntimeRunner",
     "torch": "lab.runners.torch:TorchRunner",
     "tensorrt": "lab.runners.tensorrt:TensorRTRunner",
+    "remote": "lab.runners.remote:RemoteRunner",
 }
 
 

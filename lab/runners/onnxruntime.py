@@ -33,7 +33,6 @@ class OnnxRuntimeRunner(Runner):
         inter_op_threads: int = 0,
         graph_optimization: str = "all",
         device_id: int = 0,
-        **options: Any,
     ) -> None:
         super().__init__(
             provider=provider,
@@ -41,7 +40,6 @@ class OnnxRuntimeRunner(Runner):
             inter_op_threads=inter_op_threads,
             graph_optimization=graph_optimization,
             device_id=device_id,
-            **options,
         )
         self.session: Any = None
         self._output_names: list[str] = []
@@ -70,6 +68,7 @@ class OnnxRuntimeRunner(Runner):
     def load_impl(self, model: ModelHandle) -> None:
         import onnxruntime as ort
 
+        ort.set_default_logger_severity(3)  # rejected inputs are reported by us, once
         path = model.require_exported()
         level = str(self.options["graph_optimization"])
         if level not in _LEVELS:
@@ -86,8 +85,9 @@ class OnnxRuntimeRunner(Runner):
         so.intra_op_num_threads = int(self.options["intra_op_threads"])
         so.inter_op_num_threads = int(self.options["inter_op_threads"])
         so.log_severity_level = 3
+        providers = self._providers(ort)
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=self._providers(ort))
+            self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NoSuchFile derive from Exception
             raise RunnerError(f"onnxruntime could not load {path}: {exc}") from exc
         self._output_names = [o.name for o in model.outputs]

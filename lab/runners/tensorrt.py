@@ -52,7 +52,6 @@ class TensorRTRunner(Runner):
         fp16: bool = False,
         cuda_graph: bool = False,
         engine_cache: str = "",
-        **options: Any,
     ) -> None:
         super().__init__(
             device_id=device_id,
@@ -62,7 +61,6 @@ class TensorRTRunner(Runner):
             fp16=fp16,
             cuda_graph=cuda_graph,
             engine_cache=engine_cache,
-            **options,
         )
         self._trt: Any = None
         self._torch: Any = None

@@ -25,7 +25,7 @@ class TorchRunner(Runner):
     def __init__(
         self, device: str = "cpu", dtype: str = "fp32", threads: int = 0, **options: Any
     ) -> None:
-        super().__init__(device=device, dtype=dtype, threads=threads, **options)
+        super().__init__(device=device, dtype=dtype, threads=threads)
         self._module: Any = None
         self._torch: Any = None
         self._dtype: Any = None

@@ -1,0 +1,1 @@
+"""Generated from lab/serve/inference.proto by lab.serve.gen_proto."""
