@@ -61,7 +61,11 @@ def main() -> int:
     results = [run_check("nvml", lambda: {"gpu": _nvml()})]
     for name, runner_name, options, precision in CHECKS:
 
-        def check(runner_name: str = runner_name, options: dict[str, Any] = options, precision: str = precision) -> dict[str, Any]:
+        def check(
+            runner_name: str = runner_name,
+            options: dict[str, Any] = options,
+            precision: str = precision,
+        ) -> dict[str, Any]:
             handle = repo.handle(args.model, args.size, precision)
             ensure_exported(handle)
             with create_runner(runner_name, options).load(handle) as runner:

@@ -85,7 +85,12 @@ def main() -> int:
         calls = 20 if batch == 1 else 2
         results.append(measure(args.model, batch, args.rounds, calls))
     ok = all(r["ratio"] <= TARGET_RATIO for r in results)
-    print(json.dumps({"model": args.model, "target_ratio": TARGET_RATIO, "results": results, "ok": ok}, indent=2))
+    print(
+        json.dumps(
+            {"model": args.model, "target_ratio": TARGET_RATIO, "results": results, "ok": ok},
+            indent=2,
+        )
+    )
     return 0 if ok else 1
 
 

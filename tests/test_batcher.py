@@ -133,5 +133,8 @@ def test_oversized_request_and_bad_config_are_rejected() -> None:
         DynamicBatcher(Recorder(), [DENSE], max_batch_size=0)
     with pytest.raises(ConfigError, match="preferred"):
         DynamicBatcher(Recorder(), [DENSE], max_batch_size=4, preferred_batch_sizes=[8])
-    with DynamicBatcher(Recorder(), [DENSE], max_batch_size=2) as batcher, pytest.raises(InputError):
+    with (
+        DynamicBatcher(Recorder(), [DENSE], max_batch_size=2) as batcher,
+        pytest.raises(InputError),
+    ):
         batcher.submit(_request(0, rows=3))

@@ -60,11 +60,12 @@ def test_runner_validates_inputs_before_the_backend_sees_them(encoder_small: Mod
 
 
 def test_fixed_dimensions_are_enforced(ranker_small: ModelHandle) -> None:
-    with create_runner("onnxruntime").load(ranker_small) as runner:
-        with pytest.raises(InputError, match=r"expected \[-1, 13\]"):
-            runner.infer(
-                {"dense": np.zeros((1, 12), np.float32), "sparse": np.zeros((1, 26), np.int64)}
-            )
+    bad = {"dense": np.zeros((1, 12), np.float32), "sparse": np.zeros((1, 26), np.int64)}
+    with (
+        create_runner("onnxruntime").load(ranker_small) as runner,
+        pytest.raises(InputError, match=r"expected \[-1, 13\]"),
+    ):
+        runner.infer(bad)
 
 
 def test_infer_before_load_is_a_clear_error() -> None:
@@ -98,7 +99,10 @@ def test_base_runner_rejects_a_backend_that_breaks_the_return_contract(
     ranker_small: ModelHandle,
 ) -> None:
     batch = Workload(ranker_small).collate(Workload(ranker_small).samples(2))
-    with TupleRunner().load(ranker_small) as runner, pytest.raises(RunnerError, match="must return a dict"):
+    with (
+        TupleRunner().load(ranker_small) as runner,
+        pytest.raises(RunnerError, match="must return a dict"),
+    ):
         runner.infer(batch)
     with ShortRunner().load(ranker_small) as runner, pytest.raises(RunnerError, match="batch of 2"):
         runner.infer(batch)
@@ -113,7 +117,9 @@ def test_unavailable_provider_names_the_install_hint(encoder_small: ModelHandle)
         create_runner("onnxruntime", {"provider": "cuda"}).load(encoder_small)
 
 
-def test_tensorrt_runner_is_unavailable_without_a_gpu_and_says_why(encoder_small: ModelHandle) -> None:
+def test_tensorrt_runner_is_unavailable_without_a_gpu_and_says_why(
+    encoder_small: ModelHandle,
+) -> None:
     """CPU machines: the TensorRT path must fail with its install hint, not an ImportError.
 
     The TensorRT code path itself is UNVERIFIED until it runs on a GPU (see benchmarks/gpu_check.py).
