@@ -34,9 +34,9 @@ CHECKS: list[tuple[str, str, dict[str, Any], str]] = [
 
 
 def _nvml() -> dict[str, Any]:
-    from lab.bench.telemetry import gpu_snapshot  # the harness's NVML reader
+    from lab.bench.telemetry import gpu_inventory  # the harness's NVML reader
 
-    return gpu_snapshot()
+    return gpu_inventory()
 
 
 def run_check(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:

@@ -207,6 +207,8 @@ class DynamicBatcher:
                 if full or total in self.preferred or now >= first_deadline or not self._running:
                     break
                 self._cond.wait((first_deadline - now) / 1e9)
+                if not self._queue:  # another worker took everything while this one waited
+                    return []
             batch = [self._queue.popleft() for _ in range(count)]
             self._inflight += len(batch)
             return batch
@@ -216,6 +218,8 @@ class DynamicBatcher:
             batch = self._take_batch()
             if batch is None:
                 return
+            if not batch:
+                continue
             try:
                 self._run(batch)
             finally:

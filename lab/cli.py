@@ -19,7 +19,6 @@ COMMAND_MODULES = (
     "lab.commands",  # models, export, verify
     "lab.bench.cli",  # bench, compare
     "lab.serve.cli",  # serve
-    "lab.dist.cli",  # dist (torch.distributed inference)
 )
 
 
@@ -35,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"servelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # an area not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -1,0 +1,342 @@
+"""`servelab bench` and `servelab compare`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lab.bench.harness import MAIN_JOB_SCENARIOS, SCENARIOS, BenchConfig
+from lab.cliargs import add_model_args, add_runner_args
+from lab.errors import CheckFailed, ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BENCH_EPILOG = f"""
+scenarios (MLPerf names): single-stream (p90 latency, one query at a time), offline
+(samples/s, everything issued at once in batches of --batch-size), server (Poisson arrivals
+at --qps; VALID only when p99 from the scheduled arrival meets the model's SLO), find-peak
+(highest VALID server QPS, then a full server run there), sweep (closed-loop --concurrency
+levels). Every run is VALID or INVALID with its reasons; the exit code is 0 for VALID, 1 for
+INVALID (reports are written either way).
+
+--main-job (what `make bench` runs): export the model if needed and verify the runner against
+the reference (exit 1 if verify fails), then {", ".join(MAIN_JOB_SCENARIOS)} with the defaults
+below on the configured runner (encoder small on ONNX Runtime CPU unless flags say otherwise).
+find-peak brackets the peak with short steps ({BenchConfig.find_peak_step_s:g} s, at most
+{BenchConfig.find_peak_max_steps}), then confirms it with a full server run (>= 700 queries, all
+rules, audit), stepping down and retrying up to 4 times when that run fails. Reports go to
+--output as <timestamp>-<model>-<size>-<runner>.json/.md/.html and latest.json/.md/.html.
+Wall time on 2 CPU cores: about 2 minutes on a quiet machine, under 4 when every retry runs.
+
+Validity defaults: at least --duration-s seconds and --min-queries queries (offline: samples);
+p90 needs 64 queries and p99 662. Stability (perf_analyzer): the minimum duration is cut into
+--stability-windows windows and the last 3 must agree within --stability-tolerance (default
+15%; perf_analyzer uses 10%, a shared 2-core CPU is noisier), unless their own sampling
+noise (3 standard errors) explains the difference; single-stream, sweep and offline keep
+measuring, up to twice --duration-s, until they agree. A random --audit-fraction of the
+timed queries (16..128 of them, or --audit-count) is checked against the reference; the
+replay check flags results that look cached. Set SERVELAB_SECRET_SEED to make the audited
+samples unpredictable (it is read once, removed from the environment, never written).
+
+--config FILE takes the same settings as JSON or TOML (snake_case or kebab-case keys);
+flags given on the command line win.
+"""
+
+
+def register(sub: Any) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="measure latency and throughput, with correctness audits",
+        description="Benchmark a runner (or a remote server) with MLPerf-style scenarios.",
+        epilog=BENCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(bench)
+    add_runner_args(bench)
+    add_bench_args(bench)
+    bench.set_defaults(func=bench_command)
+
+    compare = sub.add_parser(
+        "compare",
+        help="put bench reports side by side",
+        description="Compare bench reports: validity first, then metrics with their "
+        "direction, intervals and a within-noise flag, then each report's own baseline ratio.",
+    )
+    compare.add_argument(
+        "reports", nargs="+", help="bench report JSON files (the first is the reference)"
+    )
+    compare.add_argument("--html", default=None, metavar="FILE", help="also write an HTML page")
+    compare.add_argument(
+        "--output", default=None, metavar="FILE", help="write the Markdown here instead of stdout"
+    )
+    compare.add_argument(
+        "--noise-floor",
+        type=float,
+        default=0.10,
+        help="relative difference treated as noise even when intervals do not overlap (default 0.10)",
+    )
+    compare.set_defaults(func=compare_command)
+
+
+D = BenchConfig()  # defaults shown in --help
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    s = argparse.SUPPRESS  # unset flags fall back to --config, then to BenchConfig defaults
+    p.add_argument("--config", default=None, metavar="FILE", help="JSON or TOML settings file")
+    p.add_argument(
+        "--target",
+        default=s,
+        help="inprocess (default: the runner behind a dynamic batcher) or http://host:port / "
+        "grpc://host:port (a server speaking the Open Inference Protocol)",
+    )
+    p.add_argument(
+        "--scenario",
+        dest="scenarios",
+        action="append",
+        choices=SCENARIOS,
+        default=s,
+        help=f"repeatable (default: {', '.join(D.scenarios)}; main job: "
+        f"{', '.join(MAIN_JOB_SCENARIOS)})",
+    )
+    p.add_argument("--qps", type=float, default=s, help="server arrival rate (queries/s)")
+    p.add_argument(
+        "--duration-s",
+        type=float,
+        default=s,
+        help=f"minimum timed duration per scenario (default {D.duration_s:g})",
+    )
+    p.add_argument(
+        "--min-queries",
+        type=int,
+        default=s,
+        help=f"minimum queries per scenario (default {D.min_queries})",
+    )
+    p.add_argument(
+        "--warmup-queries",
+        type=int,
+        default=s,
+        help=f"unmeasured warm-up queries (default {D.warmup_queries})",
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, default=s, help="batcher limit (default: the model's)"
+    )
+    p.add_argument(
+        "--max-queue-delay-us", type=int, default=s, help="batcher delay (default: the model's)"
+    )
+    p.add_argument(
+        "--preferred-batch-size",
+        dest="preferred_batch_sizes",
+        type=int,
+        action="append",
+        default=s,
+        help="repeatable (default: the model's)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=s,
+        help="offline batch size (default: the model's smallest preferred batch size)",
+    )
+    p.add_argument(
+        "--concurrency",
+        default=s,
+        help=f"sweep levels, start:end:step or 1,2,4 (default {D.concurrency})",
+    )
+    p.add_argument(
+        "--remote-concurrency",
+        type=int,
+        default=s,
+        help=f"requests in flight to a remote target (default {D.remote_concurrency})",
+    )
+    p.add_argument(
+        "--baseline",
+        default=s,
+        metavar="RUNNER",
+        help="also measure this runner, alternating with the candidate, and report the speed-up",
+    )
+    p.add_argument(
+        "--baseline-option",
+        dest="baseline_options",
+        action="append",
+        default=s,
+        metavar="KEY=VALUE",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=s,
+        help=f"candidate/baseline alternations (default {D.rounds})",
+    )
+    p.add_argument(
+        "--audit-fraction",
+        type=float,
+        default=s,
+        help=f"share of timed queries audited (default {D.audit_fraction:g}, 16..128 of them)",
+    )
+    p.add_argument("--audit-count", type=int, default=s, help="audit exactly this many samples")
+    p.add_argument("--no-audit", dest="audit", action="store_false", default=s)
+    p.add_argument(
+        "--replay-count",
+        type=int,
+        default=s,
+        help=f"replay-check samples (default {D.replay_count})",
+    )
+    p.add_argument(
+        "--replay-tolerance",
+        type=float,
+        default=s,
+        help="flag replays this much faster (default 0.25: 25%%)",
+    )
+    p.add_argument("--no-replay-check", dest="replay_check", action="store_false", default=s)
+    p.add_argument("--seed", type=int, default=s, help="override the public seed")
+    p.add_argument("--slo-ms", type=float, default=s, help="p99 bound (default: the model's)")
+    p.add_argument(
+        "--stability-windows", type=int, default=s, help=f"default {D.stability_windows}"
+    )
+    p.add_argument(
+        "--stability-tolerance", type=float, default=s, help=f"default {D.stability_tolerance:g}"
+    )
+    p.add_argument(
+        "--find-peak-step-s", type=float, default=s, help=f"default {D.find_peak_step_s:g}"
+    )
+    p.add_argument(
+        "--find-peak-tolerance", type=float, default=s, help=f"default {D.find_peak_tolerance:g}"
+    )
+    p.add_argument(
+        "--find-peak-max-steps", type=int, default=s, help=f"default {D.find_peak_max_steps}"
+    )
+    p.add_argument(
+        "--final-duration-s",
+        type=float,
+        default=s,
+        help="the server run at the found peak (default: --duration-s)",
+    )
+    p.add_argument("--no-roofline", dest="roofline", action="store_false", default=s)
+    p.add_argument("--no-telemetry", dest="telemetry", action="store_false", default=s)
+    p.add_argument(
+        "--timeout-s", type=float, default=s, help=f"per query (default {D.timeout_s:g})"
+    )
+    p.add_argument("--output", default=s, help=f"report folder (default {D.output})")
+    p.add_argument("--name", default=s, help="report name (default: model-size-runner)")
+    p.add_argument("--no-html", dest="html", action="store_false", default=s)
+    p.add_argument("--main-job", action="store_true", default=s, help="what `make bench` runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
+
+
+# Flags from lab/cliargs.py and their defaults.
+SHARED: dict[str, Any] = {
+    "model": "encoder",
+    "size": None,
+    "precision": "fp32",
+    "model_repository": None,
+    "runner": "onnxruntime",
+}
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"no config file {file}") from None
+    try:
+        data = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a table/object of settings")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """Defaults < --config file < flags given on the command line."""
+    from lab.runners import parse_options
+
+    from_file = read_config_file(args.config) if args.config else {}
+    settings: dict[str, Any] = dict(from_file)
+    given = vars(args)
+    # The shared model/runner flags always have a value: one left at its default yields to the file.
+    for key, default in SHARED.items():
+        if key not in from_file or given[key] != default:
+            settings[key] = given[key]
+    if args.runner_option or "runner_options" not in from_file:
+        settings["runner_options"] = parse_options(args.runner_option)
+    for key in BenchConfig.__dataclass_fields__:
+        if key in given and key not in SHARED and key != "runner_options":
+            settings[key] = given[key]
+    if isinstance(settings.get("baseline_options"), list):
+        settings["baseline_options"] = parse_options(settings["baseline_options"])
+    if settings.get("main_job") and "scenarios" not in settings:
+        settings["scenarios"] = list(MAIN_JOB_SCENARIOS)
+    return BenchConfig.from_mapping(settings, args.config or "bench flags")
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from lab.bench.harness import run_bench
+    from lab.bench.progress import Progress
+    from lab.bench.render import summary_table
+    from lab.bench.report import write_reports
+
+    config = config_from_args(args)
+    extra: dict[str, Any] = {}
+    handle = runner = None
+    with Progress(enabled=not args.no_progress) as progress:
+        if config.main_job:
+            handle, runner, extra = prepare_main_job(config, progress)
+        report = run_bench(config, progress, handle=handle, runner=runner, extra=extra)
+    paths = write_reports(report, config.output, html=config.html)
+    print(summary_table(report))
+    print()
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0 if report["verdict"]["valid"] else 1
+
+
+def prepare_main_job(config: BenchConfig, progress: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Export (if needed) and verify the model before any timing; verify failing is exit 1."""
+    from lab.export import ensure_exported
+    from lab.repository import ModelRepository
+    from lab.runners import create_runner
+    from lab.verify import verify
+
+    handle = ModelRepository(config.model_repository).handle(
+        config.model, config.size, config.precision
+    )
+    with progress.phase(f"export {handle.name} {handle.size} {handle.precision} (if needed)", 0):
+        ensure_exported(handle)
+    runner = create_runner(config.runner, config.runner_options).load(handle)
+    with progress.phase(f"verify {config.runner} against the reference", 0):
+        result = verify(handle, runner, batch_size=1)
+    if not result.passed:
+        runner.close()
+        print(result.summary(), file=sys.stderr)
+        raise CheckFailed(
+            f"verify failed for runner {config.runner} on {handle.name} {handle.size}: "
+            f"{result.failures[0] if result.failures else 'see above'}"
+        )
+    return handle, runner, {"verify": result.to_dict()}
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from lab.bench.compare import load_and_compare, render_html, render_markdown
+
+    if args.noise_floor < 0:
+        raise ConfigError("--noise-floor must be >= 0")
+    comparison = load_and_compare(args.reports, args.noise_floor)
+    markdown = render_markdown(comparison)
+    if args.output:
+        Path(args.output).write_text(markdown)
+        print(f"wrote {args.output}")
+    else:
+        print(markdown)
+    if args.html:
+        Path(args.html).write_text(render_html(comparison))
+        print(f"wrote {args.html}")
+    return 0

@@ -1,0 +1,432 @@
+"""Markdown and self-contained HTML for bench reports, with inline SVG plots.
+
+No JavaScript and nothing fetched from the network: the HTML page is one file that opens
+on an offline machine. Plots: latency CDF per scenario (from the histograms), QPS versus p99
+with the SLO line (find-peak steps and server runs), throughput versus concurrency (sweep).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from lab.bench.histogram import LatencyHistogram
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf")
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "-"
+        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
+            return f"{value:.{digits}g}"
+        return f"{value:,.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def _p(result: dict[str, Any], key: str) -> Any:
+    entry = result.get("latency", {}).get("percentiles", {}).get(key)
+    if not entry:
+        return None
+    value = entry["ms"]
+    return value if entry["claimed"] else (f"({fmt(value)})" if value is not None else None)
+
+
+def scenario_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per scenario (sweep: per concurrency level) for summary tables."""
+    header = [
+        "scenario", "verdict", "audit", "queries", "p50 ms", "p90 ms", "p99 ms",
+        "samples/s", "queue p50 ms", "compute p50 ms", "speed-up",
+    ]  # fmt: skip
+    rows = [header]
+
+    def row(label: str, r: dict[str, Any], audit: Any) -> list[str]:
+        speed = r.get("speedup")
+        speed_text = "-"
+        if speed:
+            speed_text = f"{fmt(speed['ratio'])}x [{fmt(speed['ci'][0])}, {fmt(speed['ci'][1])}]"
+        audit_text = "-" if audit is None else ("pass" if audit["passed"] else "FAIL")
+        return [
+            label,
+            "VALID" if r["validity"]["valid"] else "INVALID",
+            audit_text,
+            fmt(r.get("queries")),
+            fmt(_p(r, "p50")),
+            fmt(_p(r, "p90")),
+            fmt(_p(r, "p99")),
+            fmt(r.get("throughput", {}).get("samples_per_s")),
+            fmt(r.get("queue", {}).get("p50_ms")),
+            fmt(r.get("compute", {}).get("p50_ms")),
+            speed_text,
+        ]
+
+    for s in report["scenarios"]:
+        if s["scenario"] == "sweep":
+            for level in s["levels"]:
+                rows.append(row(f"sweep c={level['concurrency']}", level, level.get("audit")))
+            continue
+        label = s["scenario"]
+        if s.get("target_qps") is not None:
+            label += f" @ {fmt(s['target_qps'])} qps"
+        rows.append(row(label, s, s.get("audit")))
+    return rows
+
+
+def _markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(lines)
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """A plain-text table for the terminal."""
+    rows = scenario_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    v = report["verdict"]
+    lines.append("")
+    lines.append(f"verdict: {'VALID' if v['valid'] else 'INVALID'}")
+    for reason in v["reasons"]:
+        lines.append(f"  - {reason}")
+    lines.append("(p values in parentheses were measured on too few queries to be claimed)")
+    return "\n".join(lines)
+
+
+def _environment_lines(report: dict[str, Any]) -> list[str]:
+    env = report["environment"]
+    model = report["model"]
+    gpu = env["gpu"].get("gpu")
+    gpu_text = gpu if isinstance(gpu, str) else ", ".join(d["name"] for d in gpu)
+    git = env["git"]
+    libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items())
+    commit = (git.get("commit") or "unknown")[:12]
+    return [
+        f"- CPU: {env['cpu']['model']} ({env['cpu']['logical_cores']} logical cores)",
+        f"- GPU: {gpu_text}"
+        + (f" (driver {env['gpu']['driver']})" if "driver" in env["gpu"] else ""),
+        f"- libraries: {libs}",
+        f"- git: {commit}{' (dirty tree)' if git.get('dirty') else ''}",
+        f"- model: {model['name']} {model['size']} {model['precision']}, onnx sha256 "
+        f"{(model.get('onnx_sha256') or '-')[:16]}, weights sha256 "
+        f"{(model.get('weights_sha256') or '-')[:16]}, seed {model['seed']} "
+        f"(public {model['public_seed']}), SLO {fmt(report.get('slo_ms'))} ms",
+    ]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    v = report["verdict"]
+    config = report["config"]
+    lines = [
+        f"# ServeLab bench: {report['name']}",
+        "",
+        f"**{'VALID' if v['valid'] else 'INVALID'}** — audit "
+        f"{_yes_no(v['audit_passed'], 'passed', 'FAILED')}, replay check "
+        f"{_yes_no(v['replay_passed'], 'passed', 'FLAGGED')}. Created {report['created_at']}, "
+        f"runner `{config['runner']}`"
+        + (f", baseline `{config['baseline']}`" if config.get("baseline") else "")
+        + f", target `{config['target']}`.",
+        "",
+    ]
+    if v["reasons"]:
+        lines += ["Reasons:", ""] + [f"- {r}" for r in v["reasons"]] + [""]
+    lines += ["## Results", "", _markdown_table(scenario_rows(report)), ""]
+    lines.append(
+        "Latency is measured from each query's scheduled time; p values in parentheses "
+        "were measured on too few queries to be claimed (64 for p90, 662 for p99)."
+    )
+    lines.append("")
+    for s in report["scenarios"]:
+        if s["scenario"] == "find-peak":
+            search = s["find_peak"]
+            lines += [
+                "## find-peak",
+                "",
+                f"Peak: **{fmt(s.get('peak_qps'))} qps** (search bracket "
+                f"{fmt(search['lower_qps'])} .. {fmt(search['upper_qps'])}, "
+                f"{len(search['steps'])} steps of {fmt(search['step_s'])} s).",
+                "",
+                _markdown_table(
+                    [["qps", "valid", "queries", "p50 ms", "p99 ms"]]
+                    + [
+                        [
+                            fmt(t["qps"]),
+                            fmt(t["valid"]),
+                            fmt(t["queries"]),
+                            fmt(t["p50_ms"]),
+                            fmt(t["p99_ms"]),
+                        ]  # fmt: skip
+                        for t in search["steps"]
+                    ]
+                ),
+                "",
+            ]
+    roofline = report.get("roofline", {})
+    lines += ["## Roofline", ""]
+    if "skipped" in roofline:
+        lines += [f"Skipped: {roofline['skipped']}", ""]
+    else:
+        work, ceilings = roofline["work"], roofline["ceilings"]
+        lines += [
+            f"- work: {fmt(work['flops_per_sample'] / 1e6)} MFLOP and "
+            f"{fmt(work['bytes_per_sample_at_batch_1'] / 1e6)} MB per sample at batch 1 "
+            f"(weights {fmt(work['weight_bytes'] / 1e6)} MB)",
+            f"- ceilings ({ceilings['framework']}): {fmt(ceilings['peak_flops_per_s'] / 1e9)} "
+            f"GFLOP/s, {fmt(ceilings['peak_bytes_per_s'] / 1e9)} GB/s",
+        ]
+        for s in report["scenarios"]:
+            r = s.get("roofline")
+            if r:
+                lines.append(
+                    f"- {s['scenario']}: {fmt(r['achieved_flops_per_s'] / 1e9)} GFLOP/s achieved "
+                    f"= {_pct(r['fraction_of_peak_flops'])} of peak FLOP/s, "
+                    f"{_pct(r['fraction_of_roofline'])} of the roofline at batch "
+                    f"{fmt(r['batch_size'])} ({r['bound']}-bound, intensity "
+                    f"{fmt(r['arithmetic_intensity'])} FLOP/byte)"
+                )
+        lines.append("")
+    replay = report.get("replay")
+    if replay is not None:
+        lines += [
+            "## Replay check (TEST04)",
+            "",
+            f"Fresh median {fmt(replay.get('fresh_median_ms'))} ms, replayed median "
+            f"{fmt(replay.get('replay_median_ms'))} ms, ratio {fmt(replay.get('ratio'))} "
+            f"(flagged above {fmt(1 + replay['tolerance'])}): "
+            f"{'FLAGGED' if replay['flagged'] else 'not flagged'}.",
+            "",
+        ]
+    lines += ["## Environment", ""] + _environment_lines(report) + [""]
+    return "\n".join(lines)
+
+
+def _yes_no(value: bool | None, yes: str, no: str) -> str:
+    return "not run" if value is None else (yes if value else no)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+# ----- SVG ---------------------------------------------------------------------------------
+def _nice_max(value: float) -> float:
+    if value <= 0 or not math.isfinite(value):
+        return 1.0
+    exponent = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * exponent:
+            return step * exponent
+    return 10 * exponent
+
+
+def svg_plot(
+    series: Sequence[tuple[str, Sequence[tuple[float, float]]]],
+    x_label: str,
+    y_label: str,
+    title: str,
+    hline: tuple[float, str] | None = None,
+    log_x: bool = False,
+    markers: bool = False,
+    width: int = 640,
+    height: int = 320,
+    y_cap: float | None = None,
+) -> str:
+    """A line plot as an inline <svg> element; with `y_cap`, larger values are drawn at
+    the top edge (and the title says so)."""
+    left, right, top, bottom = 64, 16, 28, 44
+    points = [p for _, pts in series for p in pts]
+    xs = [x for x, _ in points if not log_x or x > 0]
+    ys = [y for _, y in points]
+    if hline is not None:
+        ys.append(hline[0])
+    if not xs:
+        return f"<p>{html.escape(title)}: no data</p>"
+
+    def tx(x: float) -> float:
+        return math.log10(x) if log_x else x
+
+    x_lo = min(tx(x) for x in xs)
+    x_hi = max(tx(x) for x in xs)
+    if log_x:
+        x_lo, x_hi = math.floor(x_lo), math.ceil(x_hi)
+    else:
+        x_lo, x_hi = 0.0, _nice_max(x_hi)
+    if x_hi <= x_lo:
+        x_hi = x_lo + 1
+    y_hi = _nice_max(max(ys) if ys else 1.0)
+    if y_cap is not None and y_hi > y_cap:
+        y_hi = _nice_max(y_cap)
+        title += f" (values above {fmt(y_hi)} drawn at the top)"
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def px(x: float) -> float:
+        return left + (tx(x) - x_lo) / (x_hi - x_lo) * plot_w
+
+    def py(y: float) -> float:
+        return top + plot_h - (min(y, y_hi) / y_hi) * plot_h
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>',
+    ]
+    for i in range(6):
+        y = y_hi * i / 5
+        parts.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#eee"/>'
+            f'<text x="{left - 4}" y="{py(y) + 4:.1f}" text-anchor="end">{fmt(y)}</text>'
+        )
+    ticks = (
+        [10.0**e for e in range(int(x_lo), int(x_hi) + 1)]
+        if log_x
+        else [x_lo + (x_hi - x_lo) * i / 5 for i in range(6)]
+    )
+    for x in ticks:
+        parts.append(
+            f'<text x="{px(x):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{fmt(x)}</text>'
+        )
+    parts.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">{html.escape(x_label)}</text>'
+        f'<text x="14" y="{top + plot_h / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {top + plot_h / 2})">{html.escape(y_label)}</text>'
+    )
+    if hline is not None:
+        y, label = hline
+        parts.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
+            f'stroke="#000" stroke-dasharray="6 4"/>'
+            f'<text x="{left + plot_w - 4}" y="{py(y) - 4:.1f}" text-anchor="end">{html.escape(label)}</text>'
+        )
+    for i, (name, pts) in enumerate(series):
+        color = COLORS[i % len(COLORS)]
+        usable = [(x, y) for x, y in pts if not log_x or x > 0]
+        if not usable:
+            continue
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in usable)
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{path}"/>')
+        if markers:
+            parts += [
+                f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>'
+                for x, y in usable
+            ]
+        parts.append(
+            f'<text x="{left + 8}" y="{top + 14 + 14 * i}" fill="{color}">{html.escape(name)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def latency_cdf_plot(report: dict[str, Any]) -> str:
+    series = []
+    for s in report["scenarios"]:
+        entries = s["levels"] if s["scenario"] == "sweep" else [s]
+        for entry in entries:
+            if not entry.get("histogram") or not entry["histogram"]["count"]:
+                continue
+            hist = LatencyHistogram.from_dict(entry["histogram"])
+            label = s["scenario"]
+            if "concurrency" in entry:
+                label += f" c={entry['concurrency']}"
+            series.append((label, [(ns / 1e6, c) for ns, c in hist.cdf(200)]))
+    return svg_plot(
+        series, "latency (ms, log scale)", "fraction of queries", "Latency CDF", log_x=True
+    )
+
+
+def qps_plot(report: dict[str, Any]) -> str | None:
+    steps: list[tuple[float, float]] = []
+    finals: list[tuple[float, float]] = []
+    for s in report["scenarios"]:
+        if s["scenario"] == "find-peak":
+            steps += [(t["qps"], t["p99_ms"]) for t in s["find_peak"]["steps"] if t["p99_ms"]]
+        if s["scenario"] in ("server", "find-peak"):
+            p99 = s["latency"]["percentiles"]["p99"]["ms"]
+            if p99 is not None:
+                finals.append((s["target_qps"], p99))
+    if not steps and not finals:
+        return None
+    series = []
+    if steps:
+        series.append(("find-peak steps", sorted(steps)))
+    if finals:
+        series.append(("full server runs", sorted(finals)))
+    slo = report.get("slo_ms")
+    return svg_plot(
+        series,
+        "target QPS",
+        "p99 latency (ms)",
+        "QPS versus p99 latency",
+        hline=(slo, f"SLO {fmt(slo)} ms") if slo else None,
+        markers=True,
+        y_cap=4 * slo if slo else None,
+    )
+
+
+def concurrency_plot(report: dict[str, Any]) -> str | None:
+    for s in report["scenarios"]:
+        if s["scenario"] == "sweep":
+            points = [
+                (lvl["concurrency"], lvl["throughput"]["samples_per_s"]) for lvl in s["levels"]
+            ]
+            return svg_plot(
+                [("throughput", points)],
+                "concurrency",
+                "samples/s",
+                "Throughput versus concurrency",
+                markers=True,
+            )
+    return None
+
+
+def _html_table(rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:]
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+.valid { color: #1a7f37; font-weight: bold; } .invalid { color: #b42318; font-weight: bold; }
+pre { background: #f7f7f7; padding: 8px; overflow-x: auto; }
+"""
+
+
+def page(title: str, body: str) -> str:
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{STYLE}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def render_html(report: dict[str, Any]) -> str:
+    v = report["verdict"]
+    status = "VALID" if v["valid"] else "INVALID"
+    parts = [
+        f"<h1>ServeLab bench: {html.escape(report['name'])}</h1>",
+        f'<p class="{status.lower()}">{status}</p>',
+    ]
+    if v["reasons"]:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in v["reasons"]) + "</ul>")
+    parts.append(_html_table(scenario_rows(report)))
+    parts.append(latency_cdf_plot(report))
+    for plot in (qps_plot(report), concurrency_plot(report)):
+        if plot:
+            parts.append(plot)
+    markdown = render_markdown(report)
+    parts.append("<h2>Details</h2><pre>" + html.escape(markdown) + "</pre>")
+    return page(f"ServeLab bench {report['name']}", "\n".join(parts))

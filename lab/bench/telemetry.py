@@ -1,0 +1,165 @@
+"""Telemetry sampled in a background thread while a scenario runs.
+
+Process CPU (percent of one core, so 200 means two busy cores) and resident memory come from
+psutil, and so does the CPU that other processes used meanwhile (in cores): a benchmark on a
+machine that was not quiet says so. GPU utilisation, memory, power and clocks come from NVML (`nvidia-ml-py`, imported
+lazily): without the package, without a driver or without a GPU, the report says "no GPU".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+NO_GPU = "no GPU"
+
+
+def _nvml() -> Any:
+    """The initialised pynvml module, or None when NVML is unavailable."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        if pynvml.nvmlDeviceGetCount() < 1:
+            return None
+    except pynvml.NVMLError:
+        return None
+    return pynvml
+
+
+def gpu_inventory() -> dict[str, Any]:
+    """GPU names, memory and driver for the environment fingerprint."""
+    nvml = _nvml()
+    if nvml is None:
+        return {"gpu": NO_GPU}
+    try:
+        driver = nvml.nvmlSystemGetDriverVersion()
+        devices = []
+        for i in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            devices.append({"index": i, "name": _text(nvml.nvmlDeviceGetName(handle)),
+                            "memory_total_bytes": int(memory.total)})  # fmt: skip
+        return {"gpu": devices, "driver": _text(driver)}
+    except nvml.NVMLError as exc:
+        return {"gpu": NO_GPU, "nvml_error": str(exc)}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Telemetry:
+    """Samples process CPU%/RSS (and GPU metrics when NVML works) every `interval_s`."""
+
+    def __init__(self, interval_s: float = 0.25, gpu_index: int = 0) -> None:
+        self.interval_s = interval_s
+        self.gpu_index = gpu_index
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.cpu_percent: list[float] = []
+        self.system_cpu_percent: list[float] = []
+        self.rss_bytes: list[int] = []
+        self.gpu: dict[str, list[float]] = {}
+        self.gpu_status = NO_GPU
+        self._nvml: Any = None
+        self._handle: Any = None
+        self._started = 0.0
+        self._elapsed = 0.0
+
+    def start(self) -> Telemetry:
+        import psutil
+
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # the first call only sets the reference point
+        psutil.cpu_percent(None)
+        self._psutil = psutil
+        self._cores = psutil.cpu_count() or 1
+        self._nvml = _nvml()
+        if self._nvml is not None:
+            try:
+                self._handle = self._nvml.nvmlDeviceGetHandleByIndex(self.gpu_index)
+                self.gpu_status = _text(self._nvml.nvmlDeviceGetName(self._handle))
+            except self._nvml.NVMLError as exc:
+                self._nvml, self.gpu_status = None, f"{NO_GPU} ({exc})"
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._loop, name="bench-telemetry", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        self.cpu_percent.append(float(self._process.cpu_percent(None)))
+        self.system_cpu_percent.append(float(self._psutil.cpu_percent(None)))
+        self.rss_bytes.append(int(self._process.memory_info().rss))
+        if self._nvml is None:
+            return
+        nvml = self._nvml
+        try:
+            util = nvml.nvmlDeviceGetUtilizationRates(self._handle)
+            memory = nvml.nvmlDeviceGetMemoryInfo(self._handle)
+            values = {
+                "utilization_percent": float(util.gpu),
+                "memory_used_bytes": float(memory.used),
+                "power_w": nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0,
+                "sm_clock_mhz": float(
+                    nvml.nvmlDeviceGetClockInfo(self._handle, nvml.NVML_CLOCK_SM)
+                ),
+                "memory_clock_mhz": float(
+                    nvml.nvmlDeviceGetClockInfo(self._handle, nvml.NVML_CLOCK_MEM)
+                ),
+            }
+        except nvml.NVMLError as exc:
+            self.gpu_status = f"NVML error: {exc}"
+            self._nvml = None
+            return
+        for key, value in values.items():
+            self.gpu.setdefault(key, []).append(value)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._elapsed = time.perf_counter() - self._started
+        if not self.cpu_percent:
+            self._sample()
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        cpu = np.asarray(self.cpu_percent, dtype=np.float64)
+        system = np.asarray(self.system_cpu_percent, dtype=np.float64)
+        rss = np.asarray(self.rss_bytes, dtype=np.float64)
+        # Other processes' CPU, in cores: all cores' busy share minus this process's share.
+        cores = getattr(self, "_cores", 1)
+        others = np.maximum(system * cores / 100 - cpu / 100, 0) if system.size else system
+        result: dict[str, Any] = {
+            "samples": int(cpu.size),
+            "interval_s": self.interval_s,
+            "process_cpu_percent_mean": float(cpu.mean()) if cpu.size else None,
+            "process_cpu_percent_max": float(cpu.max()) if cpu.size else None,
+            "process_rss_bytes_max": int(rss.max()) if rss.size else None,
+            "system_cpu_percent_mean": float(system.mean()) if system.size else None,
+            "other_processes_cpu_cores_mean": float(others.mean()) if others.size else None,
+            "gpu": self.gpu_status,
+        }
+        if self.gpu:
+            result["gpu_metrics"] = {
+                key: {"mean": float(np.mean(v)), "max": float(np.max(v))}
+                for key, v in self.gpu.items()
+            }
+        return result
+
+    def __enter__(self) -> Telemetry:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._stop.is_set():
+            self.stop()

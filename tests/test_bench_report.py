@@ -1,0 +1,290 @@
+"""Reports: schema round trip, Markdown/HTML, compare, and the bench/compare commands."""
+
+from __future__ import annotations
+
+import copy
+import json
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.bench.compare import compare_reports, render_html, render_markdown
+from lab.bench.harness import BenchConfig, parse_concurrency, run_bench
+from lab.bench.histogram import LatencyHistogram
+from lab.bench.render import latency_cdf_plot, qps_plot, summary_table
+from lab.bench.report import SCHEMA_VERSION, check_report, jsonable, load_report, write_reports
+from lab.bench.schema import report_schema, validate
+from lab.bench.selftest import NoopRunner, SyntheticWorkload, synthetic_handle
+from lab.cli import main
+from lab.errors import ConfigError
+from lab.repository import ModelHandle
+
+
+@pytest.fixture(scope="module")
+def ranker_report(ranker_small: ModelHandle) -> dict[str, Any]:
+    """A real report with every section: four scenarios, audits, roofline, replay check."""
+    config = BenchConfig(
+        model="ranker",
+        size="small",
+        scenarios=["single-stream", "offline", "server", "sweep"],
+        qps=1000.0,
+        duration_s=0.6,
+        min_queries=700,
+        warmup_queries=8,
+        batch_size=64,
+        concurrency="1,2",
+        audit_count=8,
+        replay_count=64,
+        stability_tolerance=2.0,
+    )
+    return run_bench(config, handle=ranker_small)
+
+
+def test_report_round_trips_through_its_schema(
+    ranker_report: dict[str, Any], tmp_path: Path
+) -> None:
+    paths = write_reports(ranker_report, tmp_path)
+    assert {p.suffix for p in paths.values()} == {".json", ".md", ".html"}
+    assert (tmp_path / "latest.json").read_text() == paths[".json"].read_text()
+    loaded = load_report(paths[".json"])
+    assert loaded == jsonable(ranker_report)
+    assert validate(loaded) == []
+    assert loaded["schema_version"] == SCHEMA_VERSION
+    # Histograms survive the trip exactly and merge.
+    scenario = loaded["scenarios"][0]
+    hist = LatencyHistogram.from_dict(scenario["histogram"])
+    assert hist.count == scenario["latency"]["count"] == scenario["queries"]
+    assert hist.percentile_ns(50) / 1e6 == pytest.approx(
+        scenario["latency"]["percentiles"]["p50"]["ms"], abs=1e-6
+    )
+
+
+def test_report_carries_config_environment_and_verdicts(ranker_report: dict[str, Any]) -> None:
+    r = ranker_report
+    assert r["config"]["qps"] == 1000.0 and r["config"]["scenarios"][0] == "single-stream"
+    assert r["environment"]["cpu"]["logical_cores"] >= 1
+    assert r["environment"]["gpu"]["gpu"] == "no GPU"
+    assert len(r["model"]["onnx_sha256"]) == 64 and len(r["model"]["weights_sha256"]) == 64
+    assert r["model"]["public_seed"] == 2026
+    assert {"onnxruntime", "numpy", "python"} <= set(r["environment"]["libraries"])
+    assert r["roofline"]["work"]["flops_per_sample"] > 0
+    assert r["roofline"]["ceilings"]["peak_flops_per_s"] > 0
+    assert r["replay"]["fresh_queries"] == 64
+    for scenario in r["scenarios"]:
+        assert scenario["audit"]["passed"], scenario["audit"]
+        assert scenario["metrics"] and all(
+            m["direction"] in ("higher", "lower") for m in scenario["metrics"]
+        )
+    offline = r["scenarios"][1]
+    assert offline["batch_size"]["max"] == 64 and offline["roofline"]["achieved_flops_per_s"] > 0
+    assert [lvl["concurrency"] for lvl in r["scenarios"][3]["levels"]] == [1, 2]
+    assert r["scenarios"][0]["telemetry"]["process_rss_bytes_max"] > 0
+
+
+def test_schema_rejects_broken_reports(ranker_report: dict[str, Any]) -> None:
+    good = jsonable(ranker_report)
+    missing = copy.deepcopy(good)
+    del missing["verdict"]
+    assert "$: missing required key 'verdict'" in validate(missing)
+    wrong = copy.deepcopy(good)
+    wrong["scenarios"][0]["latency"]["percentiles"]["p99"]["ms"] = "fast"
+    assert any("p99.ms: expected number or null" in e for e in validate(wrong))
+    extra = copy.deepcopy(good)
+    extra["scenarios"][0]["secret_sauce"] = 1
+    assert any("unexpected key 'secret_sauce'" in e for e in validate(extra))
+    future = copy.deepcopy(good)
+    future["schema_version"] = "2.0"
+    with pytest.raises(ConfigError, match="schema_version 2.0"):
+        check_report(future)
+    # The schema only uses keywords the validator implements.
+    assert validate(good, report_schema()) == []
+
+
+def test_markdown_html_and_summary_show_verdicts_and_plots(ranker_report: dict[str, Any]) -> None:
+    from lab.bench.render import render_html as report_html
+    from lab.bench.render import render_markdown as report_markdown
+
+    markdown = report_markdown(jsonable(ranker_report))
+    assert "| single-stream |" in markdown and "## Roofline" in markdown
+    page = report_html(jsonable(ranker_report))
+    assert page.count("<svg") >= 3  # CDF, QPS vs p99, throughput vs concurrency
+    assert "<script" not in page and "http://" not in page.replace(
+        'xmlns="http://www.w3.org/2000/svg"', ""
+    )
+    ET.fromstring(latency_cdf_plot(jsonable(ranker_report)))  # well-formed SVG
+    plot = qps_plot(jsonable(ranker_report))
+    assert plot is not None and "SLO 60 ms" in plot
+    table = summary_table(jsonable(ranker_report))
+    assert "verdict:" in table and "sweep c=2" in table
+
+
+def _doctored(report: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A copy whose latencies are `factor` times longer and throughput `factor` lower."""
+    other = copy.deepcopy(jsonable(report))
+    for scenario in other["scenarios"]:
+        for metric in scenario["metrics"]:
+            scale = factor if metric["direction"] == "lower" else 1 / factor
+            if metric["value"] is not None:
+                metric["value"] *= scale
+            if metric["ci"]:
+                metric["ci"] = [c * scale for c in metric["ci"]]
+    return other
+
+
+def test_compare_says_within_noise_for_the_same_result(ranker_report: dict[str, Any]) -> None:
+    a = jsonable(ranker_report)
+    comparison = compare_reports([a, _doctored(a, 1.03)], ["a", "b"])
+    assert comparison.primary_within_noise
+    assert comparison.verdict().startswith("within noise")
+
+
+def test_compare_flags_a_real_difference_and_orients_ratios(ranker_report: dict[str, Any]) -> None:
+    a = jsonable(ranker_report)
+    comparison = compare_reports([a, _doctored(a, 2.0)], ["a", "slow"])
+    assert comparison.verdict().startswith("differs beyond noise")
+    p90 = next(r for r in comparison.rows if r.name == "latency_p90_ms")
+    assert p90.ratios[1] == pytest.approx(0.5)  # < 1: worse than the first report
+    assert p90.within_noise[1] is False
+    markdown = render_markdown(comparison)
+    assert markdown.index("Correctness and validity") < markdown.index("## Metrics")
+    assert "<table>" in render_html(comparison)
+
+
+def test_compare_puts_validity_first_and_warns_about_environments(
+    ranker_report: dict[str, Any],
+) -> None:
+    a = jsonable(ranker_report)
+    b = copy.deepcopy(a)
+    b["model"]["onnx_sha256"] = "0" * 64
+    b["environment"]["gpu"] = {
+        "gpu": [{"index": 0, "name": "NVIDIA H100", "memory_total_bytes": 1}],
+        "driver": "570",
+    }
+    b["verdict"] = {
+        "valid": False,
+        "audit_passed": False,
+        "replay_passed": True,
+        "reasons": ["server: audit failed"],
+    }
+    comparison = compare_reports([a, b], ["a", "b"])
+    assert comparison.verdict().startswith("not comparable as results: INVALID report(s): b")
+    text = " | ".join(comparison.warnings)
+    assert "different model hash" in text and "different GPU: NVIDIA H100" in text
+    b["scenarios"][0]["telemetry"]["other_processes_cpu_cores_mean"] = 0.9
+    b["roofline"]["ceilings"]["peak_flops_per_s"] = (
+        a["roofline"]["ceilings"]["peak_flops_per_s"] / 2
+    )
+    text = " | ".join(compare_reports([a, b], ["a", "b"]).warnings)
+    assert "b: other processes used 0.90 CPU cores on average during single-stream" in text
+    assert "b: measured peak FLOP/s is 0.50x that of a" in text
+    assert "other processes" not in " | ".join(compare_reports([a, a], ["a", "a2"]).warnings)
+
+
+def test_bench_and_compare_commands(ranker_small: ModelHandle, tmp_path: Path, capsys) -> None:
+    plugin = tmp_path / "my_runner.py"
+    plugin.write_text(
+        textwrap.dedent(
+            """
+            from lab.runners.onnxruntime import OnnxRuntimeRunner
+
+            class Mine(OnnxRuntimeRunner):
+                name = "mine"
+            """
+        )
+    )
+    args = [
+        "bench", "--model", "ranker", "--size", "small", "--runner", f"{plugin}:Mine",
+        "--scenario", "single-stream", "--duration-s", "0.4", "--min-queries", "64",
+        "--audit-count", "8", "--replay-count", "48", "--no-roofline", "--no-progress",
+        "--stability-tolerance", "5", "--output", str(tmp_path / "reports"), "--name", "cli",
+    ]  # fmt: skip
+    code = main(args)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "verdict: VALID" in out and "wrote" in out
+    report = load_report(tmp_path / "reports" / "latest.json")
+    assert report["targets"]["candidate"]["runner"]["class"] == "Mine"
+    assert report["name"] == "cli"
+    latest = str(tmp_path / "reports" / "latest.json")
+    assert main(["compare", latest, latest, "--html", str(tmp_path / "c.html")]) == 0
+    out = capsys.readouterr().out
+    assert "within noise" in out and (tmp_path / "c.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_bench_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["bench", "--scenario", "server", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "servelab: error: the server scenario needs --qps (or use find-peak to search for it)"
+    )
+    config = tmp_path / "bench.toml"
+    config.write_text("duration-s = 1\nwarp-speed = true\n")
+    assert main(["bench", "--config", str(config)]) == 2
+    assert "unknown setting(s) warp_speed" in capsys.readouterr().err
+    assert main(["bench", "--concurrency", "fast"]) == 2
+    assert "start:end:step" in capsys.readouterr().err
+    not_a_report = tmp_path / "x.json"
+    not_a_report.write_text(json.dumps({"hello": 1}))
+    assert main(["compare", str(not_a_report)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "schema_version none" in err
+
+
+def test_config_file_is_overridden_by_flags(tmp_path: Path) -> None:
+    from lab.bench.cli import config_from_args
+    from lab.cli import build_parser
+
+    config = tmp_path / "bench.json"
+    config.write_text(
+        json.dumps({"model": "ranker", "duration_s": 2, "qps": 50, "scenarios": ["server"]})
+    )
+    args = build_parser().parse_args(["bench", "--config", str(config), "--qps", "75"])
+    parsed = config_from_args(args)
+    assert (parsed.model, parsed.duration_s, parsed.qps, parsed.scenarios) == (
+        "ranker",
+        2,
+        75.0,
+        ["server"],
+    )
+    main_job = config_from_args(build_parser().parse_args(["bench", "--main-job"]))
+    assert main_job.scenarios == ["single-stream", "find-peak", "offline"]
+
+
+def test_concurrency_ranges() -> None:
+    assert parse_concurrency("1:8:2") == [1, 3, 5, 7]
+    assert parse_concurrency("2:4") == [2, 3, 4]
+    assert parse_concurrency("1,2,16") == [1, 2, 16]
+    with pytest.raises(ConfigError, match="no levels"):
+        parse_concurrency("0")
+
+
+@pytest.mark.slow
+def test_find_peak_brackets_a_known_capacity() -> None:
+    """A runner that takes 2 ms per batch of at most 4 can serve at most 2000 queries/s."""
+    import time
+
+    class Capacity(NoopRunner):
+        def infer_impl(self, inputs):  # type: ignore[no-untyped-def]
+            time.sleep(0.002)
+            return super().infer_impl(inputs)
+
+    handle = synthetic_handle(max_batch_size=4, slo_ms=40.0)
+    config = BenchConfig(
+        model="synthetic", runner="capacity", scenarios=["find-peak"], qps=300.0,
+        duration_s=0.5, min_queries=10, warmup_queries=4, find_peak_step_s=0.3,
+        find_peak_max_steps=6, find_peak_tolerance=0.25, audit=False, replay_check=False,
+        roofline=False, telemetry=False, max_queue_delay_us=0, stability_tolerance=5.0,
+    )  # fmt: skip
+    report = run_bench(config, handle=handle, workload=SyntheticWorkload(), runner=Capacity())
+    result = report["scenarios"][0]
+    steps = result["find_peak"]["steps"]
+    valid = [s["qps"] for s in steps if s["valid"]]
+    invalid = [s["qps"] for s in steps if not s["valid"]]
+    assert valid and invalid
+    assert max(valid) < min(invalid)  # a monotone search: a bracket, not a scatter
+    assert max(valid) <= 2000 * 1.05  # beyond capacity the queue grows without bound
+    assert result["find_peak"]["final_attempts"]
+    assert result["queries"] >= 700  # the confirming run can claim p99
+    assert validate(jsonable(report)) == []
