@@ -56,6 +56,7 @@ class TensorSpec:
     dtype: str  # numpy dtype name, e.g. "float32"
     shape: tuple[int, ...]
     pad_value: float = 0.0
+    same_shape_as: str | None = None  # another input whose shape this one must equal
 
     @property
     def datatype(self) -> str:
@@ -209,8 +210,16 @@ def _parse_specs(
                 dtype=TRITON_TO_NUMPY[datatype],
                 shape=shape,
                 pad_value=float(entry.get("pad_value", 0)),
+                same_shape_as=entry.get("same_shape_as"),
             )
         )
+    names = {s.name for s in specs}
+    for spec in specs:
+        if spec.same_shape_as is not None and spec.same_shape_as not in names:
+            raise ConfigError(
+                f"{path}: {kind} {spec.name!r} has same_shape_as {spec.same_shape_as!r}, "
+                f"which is not one of its {kind}s"
+            )
     return tuple(specs)
 
 

@@ -51,6 +51,8 @@ def test_runner_validates_inputs_before_the_backend_sees_them(encoder_small: Mod
             runner.infer({"input_ids": ids.astype(np.int32), "attention_mask": ids})
         with pytest.raises(InputError, match="rank"):
             runner.infer({"input_ids": ids[0], "attention_mask": ids})
+        with pytest.raises(InputError, match=r"must match 'input_ids' \[2, 5\]"):
+            runner.infer({"input_ids": ids, "attention_mask": np.ones((2, 4), np.int64)})
         with pytest.raises(InputError, match="batch size 3, others have 2"):
             runner.infer({"input_ids": ids, "attention_mask": np.ones((3, 5), np.int64)})
         too_big = np.ones((encoder_small.config.max_batch_size + 1, 4), np.int64)

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from lab.errors import InputError
 from lab.repository import ModelHandle
 from lab.serve import codec
 from lab.serve.app import BackgroundServer
@@ -489,3 +490,29 @@ def test_server_survives_the_fuzzing(
     assert_serving(server, sample)
     stats = server.core.models["ranker"].stats.to_dict()
     assert stats["inference_stats"]["fail"]["count"] > 0  # the bad requests were counted
+
+
+def test_inputs_declared_same_shape_must_agree_before_reaching_the_runner(
+    encoder_small: ModelHandle,
+) -> None:
+    """attention_mask is declared `same_shape_as = "input_ids"`: a mismatch is a clear 400."""
+    spec = codec.ModelSpec("encoder", "1", encoder_small.inputs, encoder_small.outputs, 64)
+
+    def body(mask_len: int) -> bytes:
+        return json.dumps(
+            {
+                "inputs": [
+                    {"name": "input_ids", "shape": [1, 4], "datatype": "INT64", "data": [5] * 4},
+                    {
+                        "name": "attention_mask",
+                        "shape": [1, mask_len],
+                        "datatype": "INT64",
+                        "data": [1] * mask_len,
+                    },
+                ]
+            }
+        ).encode()
+
+    assert codec.decode_http(spec, body(4), None).rows == 1
+    with pytest.raises(InputError, match=r"'attention_mask' has shape \[1, 3\], but it must match"):
+        codec.decode_http(spec, body(3), None)

@@ -134,6 +134,13 @@ class Runner:
                 raise InputError(
                     f"input {spec.name!r} has batch size {shape[0]}, others have {batch}"
                 )
+        for spec in self._inputs:
+            other = spec.same_shape_as
+            if other is not None and inputs[spec.name].shape != inputs[other].shape:
+                raise InputError(
+                    f"input {spec.name!r} has shape {list(inputs[spec.name].shape)}, "
+                    f"but it must match {other!r} {list(inputs[other].shape)}"
+                )
         if batch < 1:
             raise InputError("batch size must be at least 1")
         if self._max_batch and batch > self._max_batch:

@@ -145,6 +145,13 @@ def _check_inputs(model: ModelSpec, arrays: dict[str, np.ndarray]) -> int:
             raise InputError(
                 f"input {spec.name!r} has batch size {n}, but {model.inputs[0].name!r} has {rows}"
             )
+    for spec in model.inputs:
+        other = spec.same_shape_as
+        if other is not None and arrays[spec.name].shape != arrays[other].shape:
+            raise InputError(
+                f"input {spec.name!r} has shape {list(arrays[spec.name].shape)}, "
+                f"but it must match {other!r} {list(arrays[other].shape)}"
+            )
     return rows
 
 
