@@ -141,6 +141,17 @@ def test_compare_says_within_noise_for_the_same_result(ranker_report: dict[str, 
     assert comparison.verdict().startswith("within noise")
 
 
+def test_compare_names_primary_metrics_missing_from_a_report(
+    ranker_report: dict[str, Any],
+) -> None:
+    a = jsonable(ranker_report)
+    b = copy.deepcopy(a)
+    dropped = b["scenarios"].pop(0)["scenario"]  # single-stream: primary metric p90
+    verdict = compare_reports([a, b], ["a", "b"]).verdict()
+    assert verdict.startswith("within noise where both were measured; not in every report")
+    assert dropped in verdict
+
+
 def test_compare_flags_a_real_difference_and_orients_ratios(ranker_report: dict[str, Any]) -> None:
     a = jsonable(ranker_report)
     comparison = compare_reports([a, _doctored(a, 2.0)], ["a", "slow"])

@@ -62,6 +62,17 @@ class Comparison:
             invalid = [n for n, r in zip(self.names, self.reports) if not r["verdict"]["valid"]]
             return f"not comparable as results: INVALID report(s): {', '.join(invalid)}"
         if self.primary_within_noise:
+            missing = sorted(
+                {
+                    f"{row.scenario} {row.name}"
+                    for row in self.rows
+                    if row.primary and any(f is None for f in row.within_noise[1:])
+                }
+            )
+            if missing:
+                return "within noise where both were measured; not in every report: " + ", ".join(
+                    missing
+                )
             return "within noise: every primary metric agrees with the first report"
         differing = sorted(
             {

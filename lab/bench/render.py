@@ -98,7 +98,8 @@ def summary_table(report: dict[str, Any]) -> str:
     lines.append(f"verdict: {'VALID' if v['valid'] else 'INVALID'}")
     for reason in v["reasons"]:
         lines.append(f"  - {reason}")
-    lines.append("(p values in parentheses were measured on too few queries to be claimed)")
+    if any(cell.startswith("(") for r in rows[1:] for cell in r[4:7]):  # p50, p90, p99
+        lines.append("(p values in parentheses were measured on too few queries to be claimed)")
     return "\n".join(lines)
 
 
