@@ -23,8 +23,10 @@ class Recorder:
         self.sizes: list[int] = []
         self.gate = gate
         self.delay_s = delay_s
+        self.entered = threading.Event()  # set once the worker is inside execute
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.entered.set()
         if self.gate is not None:
             self.gate.wait(5)
         if self.delay_s:
@@ -57,7 +59,7 @@ def test_concurrent_requests_are_merged_up_to_max_batch_size() -> None:
     rec = Recorder(gate)
     with DynamicBatcher(rec, [DENSE], max_batch_size=4, max_queue_delay_us=50_000) as batcher:
         first = batcher.submit(_request(0))  # occupies the worker until the gate opens
-        time.sleep(0.05)
+        assert rec.entered.wait(5)
         futures = [batcher.submit(_request(i)) for i in range(1, 9)]
         gate.set()
         results = [f.result(5) for f in [first, *futures]]
@@ -87,9 +89,10 @@ def test_preferred_batch_size_dispatches_without_waiting_for_the_delay() -> None
 
 def test_full_queue_sheds_load_with_overloaded() -> None:
     gate = threading.Event()
-    with DynamicBatcher(Recorder(gate), [DENSE], max_batch_size=1, max_queue_size=2) as batcher:
+    rec = Recorder(gate)
+    with DynamicBatcher(rec, [DENSE], max_batch_size=1, max_queue_size=2) as batcher:
         batcher.submit(_request(0))
-        time.sleep(0.05)  # the worker holds the first request
+        assert rec.entered.wait(5)  # the worker holds the first request
         batcher.submit(_request(1))
         batcher.submit(_request(2))
         with pytest.raises(Overloaded, match="queue is full"):
@@ -99,8 +102,10 @@ def test_full_queue_sheds_load_with_overloaded() -> None:
 
 def test_request_past_its_timeout_fails_with_queue_timeout() -> None:
     gate = threading.Event()
-    with DynamicBatcher(Recorder(gate), [DENSE], max_batch_size=1) as batcher:
+    rec = Recorder(gate)
+    with DynamicBatcher(rec, [DENSE], max_batch_size=1) as batcher:
         batcher.submit(_request(0))
+        assert rec.entered.wait(5)
         late = batcher.submit(_request(1), timeout_s=0.01)
         time.sleep(0.05)
         gate.set()
