@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lab.errors import ConfigError, ModelNotFound
+from lab.errors import ConfigError, InputError, ModelNotFound
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,6 +57,19 @@ class TensorSpec:
     shape: tuple[int, ...]
     pad_value: float = 0.0
     same_shape_as: str | None = None  # another input whose shape this one must equal
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Rank and fixed dimensions (not the batch size) against this spec."""
+        if len(shape) != len(self.shape):
+            raise InputError(
+                f"input {self.name!r} has shape {list(shape)}, expected rank {len(self.shape)} "
+                f"matching {list(self.shape)}"
+            )
+        for got, want in zip(shape[1:], self.shape[1:]):
+            if want != -1 and got != want:
+                raise InputError(
+                    f"input {self.name!r} has shape {list(shape)}, expected {list(self.shape)}"
+                )
 
     @property
     def datatype(self) -> str:
@@ -151,6 +164,17 @@ class ModelHandle:
                 f"run `servelab export {self.name} --size {self.size} --precision {self.precision}`"
             )
         return self.onnx_path
+
+
+def check_same_shapes(specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Inputs declared `same_shape_as` another must have exactly its shape."""
+    for spec in specs:
+        other = spec.same_shape_as
+        if other is not None and shapes[spec.name] != shapes[other]:
+            raise InputError(
+                f"input {spec.name!r} has shape {list(shapes[spec.name])}, "
+                f"but it must match {other!r} {list(shapes[other])}"
+            )
 
 
 def default_repository_root() -> Path:

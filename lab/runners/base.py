@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lab.errors import InputError, LabError, RunnerError
-from lab.repository import ModelHandle, TensorSpec
+from lab.repository import ModelHandle, TensorSpec, check_same_shapes
 
 
 class Runner:
@@ -118,29 +118,14 @@ class Runner:
                     f"input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}"
                 )
             shape = array.shape
-            if len(shape) != len(spec.shape):
-                raise InputError(
-                    f"input {spec.name!r} has shape {list(shape)}, expected rank {len(spec.shape)} "
-                    f"matching {list(spec.shape)}"
-                )
-            for got, want in zip(shape[1:], spec.shape[1:]):
-                if want != -1 and got != want:
-                    raise InputError(
-                        f"input {spec.name!r} has shape {list(shape)}, expected {list(spec.shape)}"
-                    )
+            spec.check_shape(shape)
             if batch == -1:
                 batch = shape[0]
             elif shape[0] != batch:
                 raise InputError(
                     f"input {spec.name!r} has batch size {shape[0]}, others have {batch}"
                 )
-        for spec in self._inputs:
-            other = spec.same_shape_as
-            if other is not None and inputs[spec.name].shape != inputs[other].shape:
-                raise InputError(
-                    f"input {spec.name!r} has shape {list(inputs[spec.name].shape)}, "
-                    f"but it must match {other!r} {list(inputs[other].shape)}"
-                )
+        check_same_shapes(self._inputs, {name: a.shape for name, a in inputs.items()})
         if batch < 1:
             raise InputError("batch size must be at least 1")
         if self._max_batch and batch > self._max_batch:

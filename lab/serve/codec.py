@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from lab.errors import InputError, ServeError
-from lab.repository import NUMPY_TO_TRITON, TRITON_TO_NUMPY, TensorSpec
+from lab.repository import NUMPY_TO_TRITON, TRITON_TO_NUMPY, TensorSpec, check_same_shapes
 from lab.serve.errors import PayloadTooLarge
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -101,16 +101,7 @@ def _check_shape(spec: TensorSpec, shape: Any, max_batch_size: int) -> tuple[int
     ):
         raise InputError(f"input {spec.name!r}: shape must be a list of integers, got {shape!r}")
     dims = tuple(int(d) for d in shape)
-    if len(dims) != len(spec.shape):
-        raise InputError(
-            f"input {spec.name!r} has shape {list(dims)}, expected rank {len(spec.shape)} "
-            f"matching {list(spec.shape)}"
-        )
-    for got, want in zip(dims[1:], spec.shape[1:]):
-        if want != -1 and got != want:
-            raise InputError(
-                f"input {spec.name!r} has shape {list(dims)}, expected {list(spec.shape)}"
-            )
+    spec.check_shape(dims)
     if any(d < 1 for d in dims):
         raise InputError(
             f"input {spec.name!r} has shape {list(dims)}: every dimension must be at least 1"
@@ -145,13 +136,7 @@ def _check_inputs(model: ModelSpec, arrays: dict[str, np.ndarray]) -> int:
             raise InputError(
                 f"input {spec.name!r} has batch size {n}, but {model.inputs[0].name!r} has {rows}"
             )
-    for spec in model.inputs:
-        other = spec.same_shape_as
-        if other is not None and arrays[spec.name].shape != arrays[other].shape:
-            raise InputError(
-                f"input {spec.name!r} has shape {list(arrays[spec.name].shape)}, "
-                f"but it must match {other!r} {list(arrays[other].shape)}"
-            )
+    check_same_shapes(model.inputs, {name: a.shape for name, a in arrays.items()})
     return rows
 
 
