@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from lab import __version__
 from lab.errors import LabError
+from lab.workload import read_secret_seed
 
 # Modules that define `register(subparsers)`; each adds its subcommands with a `func`.
 COMMAND_MODULES = (
@@ -39,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:  # first of all: read the secret seed and take it out of the environment
+        read_secret_seed()
+    except LabError as exc:
+        print(f"servelab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from lab.isolation import ISOLATION_MODES, make_runner
 from lab.repository import PRECISIONS, ModelHandle, ModelRepository
-from lab.runners import create_runner, parse_options
+from lab.runners import parse_options
 from lab.runners.base import Runner
+
+LOAD_TIMEOUT_S = 300.0
+WORKER_TIMEOUT_S = 60.0
 
 
 def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -42,9 +46,37 @@ def add_runner_args(parser: argparse.ArgumentParser, default: str = "onnxruntime
     )
 
 
+def add_isolation_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--isolation",
+        default="process",
+        choices=ISOLATION_MODES,
+        help="process (default): the runner runs in its own worker process, apart from the "
+        "clocks, references and checker; none: in this process (debugging only, reports say so)",
+    )
+    parser.add_argument(
+        "--load-timeout-s",
+        type=float,
+        default=LOAD_TIMEOUT_S,
+        help=f"longest the runner's load() may take (default {LOAD_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--worker-timeout-s",
+        type=float,
+        default=WORKER_TIMEOUT_S,
+        help=f"a batch unanswered this long means the worker hung (default {WORKER_TIMEOUT_S:g})",
+    )
+
+
 def model_from_args(args: argparse.Namespace) -> ModelHandle:
     return ModelRepository(args.model_repository).handle(args.model, args.size, args.precision)
 
 
 def runner_from_args(args: argparse.Namespace) -> Runner:
-    return create_runner(args.runner, parse_options(args.runner_option))
+    return make_runner(
+        args.runner,
+        parse_options(args.runner_option),
+        isolation=getattr(args, "isolation", "process"),
+        load_timeout_s=getattr(args, "load_timeout_s", LOAD_TIMEOUT_S),
+        infer_timeout_s=getattr(args, "worker_timeout_s", WORKER_TIMEOUT_S),
+    )

@@ -7,8 +7,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lab.cliargs import add_model_args, add_runner_args, model_from_args, runner_from_args
-from lab.errors import CheckFailed
+from lab.cliargs import (
+    add_isolation_args,
+    add_model_args,
+    add_runner_args,
+    model_from_args,
+    runner_from_args,
+)
+from lab.errors import CheckFailed, ConfigError
 from lab.repository import PRECISIONS, ModelRepository
 
 
@@ -31,12 +37,29 @@ def register(sub: Any) -> None:
     export.set_defaults(func=cmd_export)
 
     verify = sub.add_parser(
-        "verify", help="run the reference set through a runner and check every output"
+        "verify",
+        help="run reference samples through a runner and check every output",
+        description="Checks the stored reference set at batch 1 and in padded batches of "
+        "mixed lengths, then fresh samples drawn from OS randomness with references computed "
+        "on the spot. Every check must pass (exit 1 otherwise).",
     )
     add_model_args(verify)
     add_runner_args(verify)
+    add_isolation_args(verify)
     verify.add_argument(
-        "--batch-size", type=int, default=1, help="samples per padded batch (default: 1)"
+        "--batch-size",
+        dest="batch_sizes",
+        type=int,
+        action="append",
+        default=None,
+        help="check the reference set at this padded batch size, repeatable "
+        "(default: 1 and a mixed-length batch of 8)",
+    )
+    verify.add_argument(
+        "--fresh-samples",
+        type=int,
+        default=16,
+        help="fresh samples with references computed here (default 16; 0 skips)",
     )
     verify.set_defaults(func=cmd_verify)
 
@@ -125,27 +148,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from lab.export import ensure_exported
-    from lab.verify import verify
+    from lab.verify import verify_runner
 
     handle = model_from_args(args)
     ensure_exported(handle)
+    if args.fresh_samples < 0:
+        raise ConfigError("--fresh-samples must be >= 0")
     runner = runner_from_args(args)
     runner.load(handle)
     try:
-        result = verify(handle, runner, batch_size=args.batch_size)
+        result = verify_runner(handle, runner, args.batch_sizes, args.fresh_samples)
     finally:
         runner.close()
     print(
-        f"verify {handle.name} {handle.size} {handle.precision} with runner {args.runner}, "
-        f"batch size {args.batch_size}"
+        f"verify {handle.name} {handle.size} {handle.precision} with runner {args.runner} "
+        f"(isolation: {args.isolation})"
     )
     print(result.summary())
     if not result:
-        failed = [name for name, o in result.outputs.items() if not o.passed]
-        print(
-            f"servelab: verify failed: {', '.join(failed) or 'outputs'} out of tolerance "
-            f"on {len(result.failing_samples)} of {result.n_samples} samples",
-            file=sys.stderr,
-        )
+        failed = [c.label for c in result.checks if not c.result.passed]
+        print(f"servelab: verify failed: {'; '.join(failed)}", file=sys.stderr)
         return CheckFailed.exit_code
     return 0

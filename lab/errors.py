@@ -7,6 +7,7 @@
     ├── PluginError               a --runner plugin cannot be imported or loaded
     ├── InputError                tensors of the wrong name, shape, dtype or batch size
     ├── RunnerError               a runner failed while loading or running
+    │   └── WorkerLost            the isolated runner worker died or hung (the run is INVALID)
     ├── ExportError               export or parity check failed
     ├── CheckFailed               outputs do not match the reference (exit 1)
     └── ServeError                the server or a remote target failed
@@ -46,6 +47,10 @@ class InputError(LabError):
 
 class RunnerError(LabError):
     pass
+
+
+class WorkerLost(RunnerError):
+    """The runner's worker process died or stopped answering; `reason` says how."""
 
 
 class ExportError(LabError):

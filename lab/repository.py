@@ -108,6 +108,11 @@ class ModelConfig:
 class ModelHandle:
     """What a runner's `load()` receives: everything it may need, nothing it must compute.
 
+    Plain, picklable data (it crosses process boundaries: the runner worker, torch.distributed
+    ranks, pods): the model folder, the variant and the resolved config. The model's code
+    (`models/<name>/model.py`) is imported lazily by whichever process asks for `module` or
+    `size_config`.
+
     Attributes a plugin can rely on: name, size, precision, config, inputs, outputs,
     onnx_path, weights_path, manifest_path, reference_path, version_dir, directory.
     """
@@ -117,7 +122,11 @@ class ModelHandle:
     precision: str
     config: ModelConfig
     directory: Path
-    module: ModuleType = field(repr=False, compare=False)
+
+    @property
+    def module(self) -> ModuleType:
+        """The model's definition (`model.py`), imported on first use in this process."""
+        return _load_module(self.name, self.directory / "model.py")
 
     @property
     def version_dir(self) -> Path:
@@ -188,6 +197,8 @@ def default_repository_root() -> Path:
 
 
 def _load_module(name: str, path: Path) -> ModuleType:
+    if not path.is_file():
+        raise ModelNotFound(f"missing model definition {path}")
     module_name = f"servelab_models.{name}"
     if module_name in sys.modules:
         cached = sys.modules[module_name]
@@ -311,12 +322,7 @@ class ModelRepository:
             )
         config = parse_config(self.root / name / "config.toml", module.SIZES[size], sizes)
         return ModelHandle(
-            name=name,
-            size=size,
-            precision=precision,
-            config=config,
-            directory=self.root / name,
-            module=module,
+            name=name, size=size, precision=precision, config=config, directory=self.root / name
         )
 
 

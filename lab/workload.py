@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -89,8 +90,25 @@ class Workload:
             else:
                 self._seed_words = (public, secret)
                 self.seed_label = "public+secret"
+        self.seed_source = (
+            "given"
+            if seed is not None
+            else ("public" if self.seed_label == public else "public+secret")
+        )
         self._module: Any = None
         self._module_lock = threading.Lock()
+
+    @classmethod
+    def for_run(cls, handle: ModelHandle, seed: int | None = None) -> Workload:
+        """The workload of one benchmark run. `seed` if given (a rerun with the seed a report
+        recorded reproduces its samples); else public+secret when a secret seed is set; else a
+        fresh seed from OS randomness, so that nothing outside this process can know the
+        samples before they are issued."""
+        if seed is None and read_secret_seed() is None:
+            workload = cls(handle, secrets.randbits(63))
+            workload.seed_source = "fresh"
+            return workload
+        return cls(handle, seed)
 
     @property
     def input_specs(self) -> tuple[TensorSpec, ...]:

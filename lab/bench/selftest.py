@@ -8,7 +8,6 @@ never exported: the no-op runner does not read files.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -34,9 +33,7 @@ def synthetic_handle(max_batch_size: int = 256, slo_ms: float = 10.0) -> ModelHa
         sizes=("tiny",),
         max_queue_delay_us=0,
     )
-    module = types.ModuleType("servelab_synthetic")
-    module.SIZES = {"tiny": None}  # type: ignore[attr-defined]
-    return ModelHandle("synthetic", "tiny", "fp32", config, Path("."), module)
+    return ModelHandle("synthetic", "tiny", "fp32", config, Path("."))
 
 
 class NoopRunner(Runner):

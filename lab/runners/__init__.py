@@ -24,6 +24,11 @@ RUNNERS: dict[str, str] = {
 }
 
 
+# The base class's public API and its checks: a plugin implements the hooks instead.
+SEALED = ("load", "infer", "close", "_validate_inputs", "_validate_outputs")
+HOOKS = {"load": "load_impl", "infer": "infer_impl", "close": "close_impl"}
+
+
 def _import_class(module: Any, class_name: str, where: str) -> type[Runner]:
     cls = getattr(module, class_name, None)
     if cls is None:
@@ -32,7 +37,25 @@ def _import_class(module: Any, class_name: str, where: str) -> type[Runner]:
         raise PluginError(
             f"runner plugin {where}:{class_name} is not a subclass of lab.runners.base.Runner"
         )
+    check_plugin_class(cls, f"{where}:{class_name}")
     return cls
+
+
+def check_plugin_class(cls: type[Runner], where: str) -> None:
+    """A runner may not replace the base class's public methods or its checks."""
+    for name in SEALED:
+        if getattr(cls, name) is not getattr(Runner, name):
+            hook = HOOKS.get(name)
+            instead = f"implement {hook}() instead" if hook else "the base class owns validation"
+            raise PluginError(f"runner plugin {where} overrides {name}(): {instead}")
+
+
+def check_constructed(runner: Runner, where: str) -> None:
+    """The base class's state exists only if the constructor called super().__init__()."""
+    if not getattr(runner, "_base_initialised", False):
+        raise PluginError(
+            f"runner plugin {where} does not call super().__init__(**options) in its __init__"
+        )
 
 
 def load_plugin(spec: str) -> type[Runner]:
@@ -104,6 +127,8 @@ def create_runner(spec: str, options: dict[str, Any] | None = None) -> Runner:
     """Resolve and construct a runner; a plugin constructor that fails is a PluginError."""
     cls = resolve_runner(spec)
     try:
-        return cls(**(options or {}))
+        runner = cls(**(options or {}))
     except TypeError as exc:
         raise ConfigError(f"runner {spec!r} does not accept these options: {exc}") from exc
+    check_constructed(runner, spec)
+    return runner

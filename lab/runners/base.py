@@ -37,6 +37,7 @@ class Runner:
         self._outputs: tuple[TensorSpec, ...] = ()
         self._input_dtypes: dict[str, np.dtype] = {}
         self._max_batch = 0
+        self._base_initialised = True
 
     # ----- hooks a backend implements ---------------------------------------------------
     def load_impl(self, model: ModelHandle) -> None:
