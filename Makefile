@@ -35,7 +35,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 proto: $(STAMP)
-	$(BIN)/python -m lab.serve.gen_proto
+	$(BIN)/python -m lab.protocol.gen_proto
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache

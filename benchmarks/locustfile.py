@@ -37,8 +37,8 @@ from locust.runners import MasterRunner
 
 from lab.check import Checker
 from lab.errors import ServeError
+from lab.protocol import codec
 from lab.repository import ModelRepository
-from lab.serve import codec
 from lab.workload import Workload
 
 

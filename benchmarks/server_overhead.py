@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from lab.export import ensure_exported
+from lab.protocol import codec
 from lab.repository import ModelRepository
 from lab.runners import create_runner
-from lab.serve import codec
 from lab.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent

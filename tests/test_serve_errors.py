@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from lab.errors import InputError
+from lab.protocol import codec
 from lab.repository import ModelHandle
-from lab.serve import codec
 from lab.serve.app import BackgroundServer
 from lab.serve.config import ServeConfig
 from lab.workload import Workload

@@ -103,7 +103,7 @@ def infer_all(
     """Send every sample concurrently; returns (outputs, runner that answered) per sample."""
     import json
 
-    from lab.serve import codec
+    from lab.protocol import codec
 
     def one(sample: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
         body, length = codec.encode_http_request(sample)

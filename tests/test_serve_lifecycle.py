@@ -19,8 +19,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from lab.protocol import codec
 from lab.repository import ModelHandle
-from lab.serve import codec
 from lab.serve.app import BackgroundServer
 from lab.serve.config import ServeConfig
 from lab.serve.testing import ROOT, ServerProcess

@@ -353,7 +353,7 @@ def _fields(descriptor: Any) -> dict[str, tuple[int, int, str]]:
 def test_proto_messages_are_wire_compatible_with_tritons() -> None:
     from tritonclient.grpc import service_pb2 as triton
 
-    from lab.serve._proto import inference_pb2 as ours
+    from lab.protocol._proto import inference_pb2 as ours
 
     names = [
         "ServerLiveRequest", "ServerLiveResponse", "ServerReadyRequest", "ServerReadyResponse",
@@ -384,9 +384,9 @@ def test_proto_messages_are_wire_compatible_with_tritons() -> None:
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
-    """The committed lab/serve/_proto matches what gen_proto makes from inference.proto."""
+    """The committed lab/protocol/_proto matches what gen_proto makes from inference.proto."""
     pytest.importorskip("grpc_tools")
-    from lab.serve.gen_proto import OUT, generate
+    from lab.protocol.gen_proto import OUT, generate
 
     for path in generate(tmp_path):
         assert path.read_text() == (OUT / path.name).read_text(), f"regenerate {path.name}"
@@ -442,9 +442,9 @@ def test_grpc_typed_contents_are_decoded_and_answered(
 ) -> None:
     import grpc
 
-    from lab.serve._proto import inference_pb2 as pb
-    from lab.serve._proto import inference_pb2_grpc as pb_grpc
-    from lab.serve.client import grpc_outputs
+    from lab.protocol._proto import inference_pb2 as pb
+    from lab.protocol._proto import inference_pb2_grpc as pb_grpc
+    from lab.protocol.client import grpc_outputs
 
     workload = Workload(ranker_small)
     samples = workload.samples(4, stream="serve-typed")

@@ -17,10 +17,10 @@ import pytest
 from lab.batcher import QueueTimeout
 from lab.bench.remote_target import RemoteTarget
 from lab.errors import InputError, LabError, ModelNotFound, Overloaded, ServeError
+from lab.protocol.client import error_for_grpc, error_for_http, parse_url
 from lab.repository import ModelHandle
 from lab.runners.remote import RemoteRunner
 from lab.serve.app import BackgroundServer
-from lab.serve.client import error_for_grpc, error_for_http, parse_url
 from lab.serve.config import ServeConfig
 from lab.serve.testing import ROOT
 from lab.verify import verify

@@ -26,8 +26,8 @@ import numpy as np
 from lab.batcher import Completion, Tensors, batch_size_of
 from lab.bench.target import Target
 from lab.errors import ConfigError, ServeError
+from lab.protocol import client, codec
 from lab.repository import ModelHandle
-from lab.serve import client, codec
 
 
 class RemoteTarget(Target):
@@ -117,7 +117,7 @@ class RemoteTarget(Target):
         else:
             import grpc
 
-            from lab.serve._proto import inference_pb2, inference_pb2_grpc
+            from lab.protocol._proto import inference_pb2, inference_pb2_grpc
 
             if token:
                 self._metadata = (("authorization", f"Bearer {token}"),)

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from lab.errors import RunnerError, ServeError
+from lab.protocol import client, codec
 from lab.repository import ModelHandle
 from lab.runners.base import Runner
-from lab.serve import client, codec
 
 
 class RemoteRunner(Runner):
@@ -115,7 +115,7 @@ class RemoteRunner(Runner):
         else:
             import grpc
 
-            from lab.serve._proto import inference_pb2, inference_pb2_grpc
+            from lab.protocol._proto import inference_pb2, inference_pb2_grpc
 
             self._pb = inference_pb2
             self._channel = grpc.insecure_channel(

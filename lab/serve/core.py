@@ -2,7 +2,7 @@
 
 `ModelServer` holds one `ModelState` per served model: the handle, a primary runner and a
 fallback runner behind the shared DynamicBatcher, a circuit breaker, and statistics. REST
-and gRPC decode a request into checked arrays (lab.serve.codec), call `ModelServer.infer`,
+and gRPC decode a request into checked arrays (lab.protocol.codec), call `ModelServer.infer`,
 and encode what comes back.
 
 Where a batch goes (`ModelState._execute`, run by the batcher's worker thread):
@@ -34,11 +34,11 @@ import numpy as np
 from lab import __version__
 from lab.batcher import DynamicBatcher, Tensors, batch_size_of
 from lab.errors import ConfigError, InputError, LabError, ModelNotFound, RunnerError
+from lab.protocol.codec import InferRequest, ModelSpec
 from lab.repository import VERSION, ModelHandle, ModelRepository
 from lab.runners import create_runner
 from lab.runners.base import Runner
 from lab.serve.breaker import CircuitBreaker
-from lab.serve.codec import InferRequest, ModelSpec
 from lab.serve.config import ServeConfig
 from lab.serve.errors import BatchFailed, ShuttingDown
 

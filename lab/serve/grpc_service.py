@@ -16,9 +16,9 @@ from typing import Any, NoReturn
 import grpc
 
 from lab.errors import ConfigError, LabError
-from lab.serve import codec
-from lab.serve._proto import inference_pb2 as pb
-from lab.serve._proto import inference_pb2_grpc as pb_grpc
+from lab.protocol import codec
+from lab.protocol._proto import inference_pb2 as pb
+from lab.protocol._proto import inference_pb2_grpc as pb_grpc
 from lab.serve.core import ModelServer, ModelState
 from lab.serve.errors import Unauthorized, grpc_code_name
 

@@ -17,9 +17,9 @@ from typing import Any
 from aiohttp import web
 
 from lab.errors import LabError
-from lab.serve import codec
+from lab.protocol import codec
 from lab.serve.core import ModelServer, ModelState
-from lab.serve.errors import Unauthorized, http_status
+from lab.serve.errors import PayloadTooLarge, Unauthorized, http_status
 from lab.serve.metrics import CONTENT_TYPE, GpuGauges, render
 
 log = logging.getLogger("lab.serve")
@@ -121,6 +121,11 @@ async def model_stats(request: web.Request) -> web.Response:
     return _json({"model_stats": [_model(request).statistics()]})
 
 
+def _check_body_size(size: int, limit: int) -> None:
+    if limit and size > limit:
+        raise PayloadTooLarge(f"request body of {size} bytes is over the limit of {limit} bytes")
+
+
 async def infer(request: web.Request) -> web.Response:
     received = time.perf_counter_ns()
     server = request.app[_SERVER]
@@ -130,13 +135,13 @@ async def infer(request: web.Request) -> web.Response:
         with server.accepting():
             limit = request.app[_LIMIT]
             if request.content_length is not None:
-                codec.check_body_size(request.content_length, limit)
+                _check_body_size(request.content_length, limit)
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:  # a chunked body that ran over the limit
                 body = b""
-                codec.check_body_size(limit + 1, limit)
-            codec.check_body_size(len(body), limit)
+                _check_body_size(limit + 1, limit)
+            _check_body_size(len(body), limit)
             header = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH), len(body))
             decoded = codec.decode_http(state.spec, body, header)
             answer = await server.infer(state, decoded)

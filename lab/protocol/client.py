@@ -18,8 +18,8 @@ import numpy as np
 
 from lab.batcher import QueueTimeout
 from lab.errors import ConfigError, InputError, LabError, ModelNotFound, Overloaded, ServeError
+from lab.protocol.codec import DTYPES, parameter_value
 from lab.repository import NUMPY_TO_TRITON, ModelHandle
-from lab.serve.codec import DTYPES, parameter_value
 
 TOKEN_ENV = "SERVELAB_AUTH_TOKEN"
 

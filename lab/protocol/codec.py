@@ -22,7 +22,6 @@ import numpy as np
 
 from lab.errors import InputError, ServeError
 from lab.repository import NUMPY_TO_TRITON, TRITON_TO_NUMPY, TensorSpec, check_same_shapes
-from lab.serve.errors import PayloadTooLarge
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -571,8 +570,3 @@ def error_message(body: bytes) -> str:
     except ValueError:
         pass
     return body[:500].decode("utf-8", "replace") or "(empty body)"
-
-
-def check_body_size(size: int, limit: int) -> None:
-    if limit and size > limit:
-        raise PayloadTooLarge(f"request body of {size} bytes is over the limit of {limit} bytes")

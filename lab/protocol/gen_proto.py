@@ -1,6 +1,6 @@
-"""Regenerate `lab/serve/_proto/` from `lab/serve/inference.proto`.
+"""Regenerate `lab/protocol/_proto/` from `lab/protocol/inference.proto`.
 
-    .venv/bin/python -m lab.serve.gen_proto
+    .venv/bin/python -m lab.protocol.gen_proto
 
 Runs grpc_tools.protoc, then makes two edits to what it writes:
 
@@ -43,7 +43,7 @@ def _patch_messages(text: str) -> str:
 def _patch_stub(text: str) -> str:
     patched, count = re.subn(
         r"^import inference_pb2 as inference__pb2$",
-        "from lab.serve._proto import inference_pb2 as inference__pb2",
+        "from lab.protocol._proto import inference_pb2 as inference__pb2",
         text,
         flags=re.M,
     )
@@ -71,7 +71,7 @@ def generate(out: Path = OUT) -> list[Path]:
         stub = _patch_stub((Path(tmp) / "inference_pb2_grpc.py").read_text())
     out.mkdir(parents=True, exist_ok=True)
     written = {
-        "__init__.py": '"""Generated from lab/serve/inference.proto by lab.serve.gen_proto."""\n',
+        "__init__.py": '"""Generated from lab/protocol/inference.proto by lab.protocol.gen_proto."""\n',
         "inference_pb2.py": messages,
         "inference_pb2_grpc.py": stub,
         # Generated protobuf classes are dynamic: to mypy every name in them is Any.

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from lab.serve._proto import inference_pb2 as inference__pb2
+from lab.protocol._proto import inference_pb2 as inference__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__

@@ -1,0 +1,1 @@
+"""Generated from lab/protocol/inference.proto by lab.protocol.gen_proto."""

@@ -1,1 +1,0 @@
-"""Generated from lab/serve/inference.proto by lab.serve.gen_proto."""
