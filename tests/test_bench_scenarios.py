@@ -138,7 +138,8 @@ def test_an_honest_runner_passes_the_replay_check(encoder_small: ModelHandle) ->
     with runner, InProcessTarget(runner, max_queue_delay_us=0) as target:
         result = replay_check(target, workload, count=48)
     assert not result["flagged"], result
-    assert result["fresh_queries"] == 48 and result["replay_queries"] == 48
+    # A pass that looks cached is re-measured on new samples, so an honest run may hold two.
+    assert result["fresh_queries"] == result["replay_queries"] == 48 * len(result["passes"])
 
 
 def test_wrong_outputs_in_batches_pass_verify_but_fail_the_server_audit(
