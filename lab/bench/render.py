@@ -201,8 +201,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             "## Replay check (TEST04)",
             "",
             f"Fresh median {fmt(replay.get('fresh_median_ms'))} ms, replayed median "
-            f"{fmt(replay.get('replay_median_ms'))} ms, ratio {fmt(replay.get('ratio'))} "
-            f"(flagged above {fmt(1 + replay['tolerance'])}): "
+            f"{fmt(replay.get('replay_median_ms'))} ms, paired ratio {fmt(replay.get('ratio'))}, "
+            f"lower bound {fmt(replay.get('lower_bound'))} (flagged when the bound exceeds "
+            f"{fmt(1 + replay['tolerance'])} in every pass; "
+            f"{len(replay.get('passes') or []) or 1} pass(es)): "
             f"{'FLAGGED' if replay['flagged'] else 'not flagged'}.",
             "",
         ]
