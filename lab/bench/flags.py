@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import MISSING, Field, fields, is_dataclass
 from typing import Any
 
+from lab.runners import parse_options
+
 
 def config_fields(cls: type) -> Iterator[tuple[Field[Any], Any, str | None]]:
     """(field, resolved type, group name or None) for every CLI field of `cls`, groups
@@ -117,8 +119,6 @@ def add_flag(parser: Any, f: Field[Any], kind: Any) -> None:
 def given_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The CLI fields of `cls` that were given on the command line, as flat settings;
     KEY=VALUE lists for dict fields become dicts."""
-    from lab.runners import parse_options
-
     given = vars(args)
     settings: dict[str, Any] = {}
     for f, kind, _ in config_fields(cls):
