@@ -20,7 +20,8 @@ import json
 import sys
 from typing import Any
 
-from lab.bench.harness import BenchConfig, run_bench
+from lab.bench.config import BenchConfig
+from lab.bench.run import run_bench
 from lab.bench.selftest import NoopRunner, SyntheticWorkload, synthetic_handle
 
 OFFLINE_TARGET_SAMPLES_PER_S = 100_000
@@ -29,7 +30,7 @@ ISSUE_LAG_P99_TARGET_MS = 1.0
 
 
 def measure(handle: Any, args: argparse.Namespace, scenario: str, duration_s: float) -> Any:
-    config = BenchConfig(
+    config = BenchConfig.of(
         model="synthetic",
         runner="noop",
         scenarios=[scenario],

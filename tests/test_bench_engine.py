@@ -255,3 +255,38 @@ def test_window_differences_within_sampling_noise_are_not_instability() -> None:
     verdict, reasons = stability("offline", precise, rules)
     assert not verdict["stable"]
     assert "more than the 15% tolerance and more than their sampling noise" in reasons[0]
+
+
+def test_a_slow_but_steady_burst_outlasts_the_timeout_and_completes(handle: ModelHandle) -> None:
+    # 24 batches of 4 at 30 ms each: about 0.7 s in all, each answer well within 0.25 s.
+    source = _source(96)
+    runner = SleepRunner(0.03).load(handle)
+    with InProcessTarget(runner, max_batch_size=4, max_queue_delay_us=0) as target:
+        segment = run_open_loop(target, source.queries, np.zeros(96, np.int64), timeout_s=0.25)
+    assert segment.failed == 0 and segment.ok.all(), segment.errors
+    assert segment.duration_ns / 1e9 > 0.25  # the burst as a whole took longer than timeout_s
+
+
+def test_a_target_that_stalls_mid_burst_fails_the_rest_as_unanswered(handle: ModelHandle) -> None:
+    gate = threading.Event()
+
+    class StallsAfterTwo(NoopRunner):
+        calls = 0
+
+        def infer_impl(self, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+            self.calls += 1
+            if self.calls > 2:
+                gate.wait(5)
+            return super().infer_impl(inputs)
+
+    source = _source(16)
+    target = InProcessTarget(StallsAfterTwo().load(handle), max_batch_size=4, max_queue_delay_us=0)
+    target.start()
+    try:
+        segment = run_open_loop(target, source.queries, np.zeros(16, np.int64), timeout_s=0.3)
+    finally:
+        gate.set()
+        target.stop()
+    answered = int(segment.ok.sum())  # the two batches before the stall
+    assert 2 <= answered <= 8 and segment.failed == 16 - answered
+    assert f"{16 - answered} queries got no answer within 0.3 s" in segment.errors[-1]

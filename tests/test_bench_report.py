@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from lab.bench.compare import compare_reports, render_html, render_markdown
-from lab.bench.harness import BenchConfig, parse_concurrency, run_bench
+from lab.bench.config import BenchConfig, parse_concurrency
 from lab.bench.histogram import LatencyHistogram
 from lab.bench.render import latency_cdf_plot, qps_plot, summary_table
 from lab.bench.report import SCHEMA_VERSION, check_report, jsonable, load_report, write_reports
+from lab.bench.run import run_bench
 from lab.bench.schema import report_schema, validate
 from lab.bench.selftest import NoopRunner, SyntheticWorkload, synthetic_handle
 from lab.cli import main
@@ -26,7 +27,7 @@ from lab.repository import ModelHandle
 @pytest.fixture(scope="module")
 def ranker_report(ranker_small: ModelHandle) -> dict[str, Any]:
     """A real report with every section: four scenarios, audits, roofline, replay check."""
-    config = BenchConfig(
+    config = BenchConfig.of(
         model="ranker",
         size="small",
         scenarios=["single-stream", "offline", "server", "sweep"],
@@ -263,6 +264,58 @@ def test_config_file_is_overridden_by_flags(tmp_path: Path) -> None:
     assert main_job.scenarios == ["single-stream", "find-peak", "offline"]
 
 
+def test_config_file_takes_group_tables_and_flat_keys(tmp_path: Path) -> None:
+    from lab.bench.cli import config_from_args
+    from lab.cli import build_parser
+
+    config = tmp_path / "bench.toml"
+    config.write_text(
+        "duration-s = 2\naudit_count = 8\n[batching]\nmax-batch-size = 16\n"
+        "[report]\nname = 'grouped'\nhtml = false\n"
+    )
+    args = build_parser().parse_args(["bench", "--config", str(config), "--audit-count", "4"])
+    parsed = config_from_args(args)
+    assert parsed.duration_s == 2 and parsed.batching.max_batch_size == 16
+    assert parsed.checks.audit_count == 4  # the flag beats the file's flat key
+    assert (parsed.report.name, parsed.report.html) == ("grouped", False)
+    assert parsed.to_dict()["checks"]["audit_count"] == 4
+    assert BenchConfig.from_mapping(parsed.to_dict()) == parsed  # the report's config reads back
+    with pytest.raises(ConfigError, match="unknown setting.*batching.audit_count"):
+        BenchConfig.from_mapping({"batching": {"audit_count": 3}})
+    with pytest.raises(ConfigError, match="audit_count is set twice"):
+        BenchConfig.from_mapping({"audit_count": 3, "checks": {"audit-count": 4}})
+
+
+def test_every_bench_flag_is_derived_and_keeps_its_name(capsys) -> None:
+    from lab.cli import build_parser
+
+    old_flags = [
+        "--target", "--scenario", "--qps", "--duration-s", "--min-queries", "--warmup-queries",
+        "--max-batch-size", "--max-queue-delay-us", "--preferred-batch-size", "--batch-size",
+        "--concurrency", "--remote-concurrency", "--baseline", "--baseline-option", "--rounds",
+        "--audit-fraction", "--audit-count", "--no-audit", "--replay-count",
+        "--replay-tolerance", "--no-replay-check", "--seed", "--slo-ms", "--stability-windows",
+        "--stability-tolerance", "--find-peak-step-s", "--find-peak-tolerance",
+        "--find-peak-max-steps", "--final-duration-s", "--no-roofline", "--no-telemetry",
+        "--timeout-s", "--output", "--name", "--no-html", "--main-job", "--no-progress",
+        "--config",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--help"])
+    text = capsys.readouterr().out
+    assert [f for f in old_flags if f not in text] == []
+    args = build_parser().parse_args(
+        ["bench", "--preferred-batch-size", "4", "--preferred-batch-size", "8", "--no-audit",
+         "--baseline-option", "a=1", "--scenario", "offline", "--scenario", "sweep"]
+    )  # fmt: skip
+    from lab.bench.cli import config_from_args
+
+    parsed = config_from_args(args)
+    assert parsed.batching.preferred_batch_sizes == [4, 8] and parsed.checks.audit is False
+    assert parsed.baseline_options == {"a": 1} and parsed.scenarios == ["offline", "sweep"]
+    assert "(default 10)" in text and "(default: the model's)" in text
+
+
 def test_concurrency_ranges() -> None:
     assert parse_concurrency("1:8:2") == [1, 3, 5, 7]
     assert parse_concurrency("2:4") == [2, 3, 4]
@@ -282,7 +335,7 @@ def test_find_peak_brackets_a_known_capacity() -> None:
             return super().infer_impl(inputs)
 
     handle = synthetic_handle(max_batch_size=4, slo_ms=40.0)
-    config = BenchConfig(
+    config = BenchConfig.of(
         model="synthetic", runner="capacity", scenarios=["find-peak"], qps=300.0,
         duration_s=0.5, min_queries=10, warmup_queries=4, find_peak_step_s=0.3,
         find_peak_max_steps=6, find_peak_tolerance=0.25, audit=False, replay_check=False,

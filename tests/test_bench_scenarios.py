@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from lab.bench.audit import replay_check
-from lab.bench.harness import BenchConfig, run_bench
+from lab.bench.config import BenchConfig
+from lab.bench.run import run_bench
 from lab.bench.target import InProcessTarget
 from lab.repository import ModelHandle
 from lab.runners.onnxruntime import OnnxRuntimeRunner
@@ -94,7 +95,7 @@ def _bench(handle: ModelHandle, runner: Any, **settings: Any) -> dict[str, Any]:
         stability_tolerance=1.0,
     )
     base.update(settings)
-    return run_bench(BenchConfig(**base), handle=handle, runner=runner)
+    return run_bench(BenchConfig.of(**base), handle=handle, runner=runner)
 
 
 @pytest.mark.slow
@@ -222,7 +223,7 @@ def test_baseline_alternates_in_the_same_run_and_reports_a_speedup_interval(
     ranker_small: ModelHandle,
 ) -> None:
     candidate, baseline = TimedRunner(), TimedRunner(delay_s=0.003)
-    config = BenchConfig(
+    config = BenchConfig.of(
         model="ranker", size="small", scenarios=["single-stream"], duration_s=1.0,
         min_queries=100, warmup_queries=8, rounds=2, max_queue_delay_us=0, audit=False,
         replay_check=False, roofline=False, telemetry=False, stability_tolerance=5.0,
@@ -265,3 +266,35 @@ def test_a_secret_seed_is_read_once_removed_and_never_written(
     assert "918273645" not in text
     assert "918273645" not in json.dumps(report["config"])
     assert report["scenarios"][0]["audit"]["passed"]
+
+
+def test_offline_waits_out_a_slow_but_steady_runner() -> None:
+    """Each burst takes longer than --timeout-s in all, each batch far less: VALID."""
+    import threading
+
+    from lab.bench.selftest import NoopRunner, SyntheticWorkload, synthetic_handle
+
+    class Slow(NoopRunner):
+        def infer_impl(self, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+            threading.Event().wait(0.02)  # 20 ms per batch of 4: 200 samples/s
+            return super().infer_impl(inputs)
+
+    config = BenchConfig.of(
+        model="synthetic", runner="slow", scenarios=["offline"], batch_size=4, duration_s=0.3,
+        min_queries=64, warmup_queries=4, timeout_s=0.15, audit=False, replay_check=False,
+        roofline=False, telemetry=False, stability_tolerance=5.0,
+    )  # fmt: skip
+    handle = synthetic_handle(max_batch_size=4, slo_ms=1000.0)
+    report = run_bench(config, handle=handle, workload=SyntheticWorkload(), runner=Slow())
+    offline = report["scenarios"][0]
+    assert offline["failed"] == 0 and offline["validity"]["valid"], offline["validity"]
+    assert offline["samples"] >= 64  # one burst: 16 batches, at least 0.32 s
+
+
+def test_scenarios_register_in_help_order_and_cover_the_main_job() -> None:
+    from lab.bench.config import MAIN_JOB_SCENARIOS
+    from lab.bench.scenarios import SCENARIOS
+
+    assert tuple(SCENARIOS) == ("single-stream", "offline", "server", "find-peak", "sweep")
+    assert set(MAIN_JOB_SCENARIOS) <= set(SCENARIOS)
+    assert all(name == scenario.name for name, scenario in SCENARIOS.items())

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from lab.bench.harness import MAIN_JOB_SCENARIOS, SCENARIOS, BenchConfig
+from lab.bench.config import MAIN_JOB_SCENARIOS, BenchConfig, FindPeakConfig, flat_settings
+from lab.bench.flags import add_config_flags, given_settings
 from lab.cliargs import add_model_args, add_runner_args
 from lab.errors import CheckFailed, ConfigError
 
@@ -28,8 +30,8 @@ INVALID (reports are written either way).
 --main-job (what `make bench` runs): export the model if needed and verify the runner against
 the reference (exit 1 if verify fails), then {", ".join(MAIN_JOB_SCENARIOS)} with the defaults
 below on the configured runner (encoder small on ONNX Runtime CPU unless flags say otherwise).
-find-peak brackets the peak with short steps ({BenchConfig.find_peak_step_s:g} s, at most
-{BenchConfig.find_peak_max_steps}), then confirms it with a full server run (>= 700 queries, all
+find-peak brackets the peak with short steps ({FindPeakConfig.find_peak_step_s:g} s, at most
+{FindPeakConfig.find_peak_max_steps}), then confirms it with a full server run (>= 700 queries, all
 rules, audit), stepping down and retrying up to 4 times when that run fails. Reports go to
 --output as <timestamp>-<model>-<size>-<runner>.json/.md/.html and latest.json/.md/.html.
 Wall time on 2 CPU cores: about 2 minutes on a quiet machine, under 4 when every retry runs.
@@ -44,8 +46,9 @@ timed queries (16..128 of them, or --audit-count) is checked against the referen
 replay check flags results that look cached. Set SERVELAB_SECRET_SEED to make the audited
 samples unpredictable (it is read once, removed from the environment, never written).
 
---config FILE takes the same settings as JSON or TOML (snake_case or kebab-case keys);
-flags given on the command line win.
+--config FILE takes the same settings as JSON or TOML (snake_case or kebab-case keys), flat
+or in group tables ([batching], [checks], [find_peak], [report], as in the report's
+config); flags given on the command line win.
 """
 
 
@@ -84,163 +87,16 @@ def register(sub: Any) -> None:
     compare.set_defaults(func=compare_command)
 
 
-D = BenchConfig()  # defaults shown in --help
-
-
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    s = argparse.SUPPRESS  # unset flags fall back to --config, then to BenchConfig defaults
+    """--config, one flag per BenchConfig field (lab.bench.flags), --no-progress. Unset
+    flags fall back to --config, then to the BenchConfig defaults."""
     p.add_argument("--config", default=None, metavar="FILE", help="JSON or TOML settings file")
-    p.add_argument(
-        "--target",
-        default=s,
-        help="inprocess (default: the runner behind a dynamic batcher) or http://host:port / "
-        "grpc://host:port (a server speaking the Open Inference Protocol)",
-    )
-    p.add_argument(
-        "--scenario",
-        dest="scenarios",
-        action="append",
-        choices=SCENARIOS,
-        default=s,
-        help=f"repeatable (default: {', '.join(D.scenarios)}; main job: "
-        f"{', '.join(MAIN_JOB_SCENARIOS)})",
-    )
-    p.add_argument("--qps", type=float, default=s, help="server arrival rate (queries/s)")
-    p.add_argument(
-        "--duration-s",
-        type=float,
-        default=s,
-        help=f"minimum timed duration per scenario (default {D.duration_s:g})",
-    )
-    p.add_argument(
-        "--min-queries",
-        type=int,
-        default=s,
-        help=f"minimum queries per scenario (default {D.min_queries})",
-    )
-    p.add_argument(
-        "--warmup-queries",
-        type=int,
-        default=s,
-        help=f"unmeasured warm-up queries (default {D.warmup_queries})",
-    )
-    p.add_argument(
-        "--max-batch-size", type=int, default=s, help="batcher limit (default: the model's)"
-    )
-    p.add_argument(
-        "--max-queue-delay-us", type=int, default=s, help="batcher delay (default: the model's)"
-    )
-    p.add_argument(
-        "--preferred-batch-size",
-        dest="preferred_batch_sizes",
-        type=int,
-        action="append",
-        default=s,
-        help="repeatable (default: the model's)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=s,
-        help="offline batch size (default: the model's smallest preferred batch size)",
-    )
-    p.add_argument(
-        "--concurrency",
-        default=s,
-        help=f"sweep levels, start:end:step or 1,2,4 (default {D.concurrency})",
-    )
-    p.add_argument(
-        "--remote-concurrency",
-        type=int,
-        default=s,
-        help=f"requests in flight to a remote target (default {D.remote_concurrency})",
-    )
-    p.add_argument(
-        "--baseline",
-        default=s,
-        metavar="RUNNER",
-        help="also measure this runner, alternating with the candidate, and report the speed-up",
-    )
-    p.add_argument(
-        "--baseline-option",
-        dest="baseline_options",
-        action="append",
-        default=s,
-        metavar="KEY=VALUE",
-    )
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=s,
-        help=f"candidate/baseline alternations (default {D.rounds})",
-    )
-    p.add_argument(
-        "--audit-fraction",
-        type=float,
-        default=s,
-        help=f"share of timed queries audited (default {D.audit_fraction:g}, 16..128 of them)",
-    )
-    p.add_argument("--audit-count", type=int, default=s, help="audit exactly this many samples")
-    p.add_argument("--no-audit", dest="audit", action="store_false", default=s)
-    p.add_argument(
-        "--replay-count",
-        type=int,
-        default=s,
-        help=f"replay-check samples (default {D.replay_count})",
-    )
-    p.add_argument(
-        "--replay-tolerance",
-        type=float,
-        default=s,
-        help="flag replays this much faster (default 0.25: 25%%)",
-    )
-    p.add_argument("--no-replay-check", dest="replay_check", action="store_false", default=s)
-    p.add_argument("--seed", type=int, default=s, help="override the public seed")
-    p.add_argument("--slo-ms", type=float, default=s, help="p99 bound (default: the model's)")
-    p.add_argument(
-        "--stability-windows", type=int, default=s, help=f"default {D.stability_windows}"
-    )
-    p.add_argument(
-        "--stability-tolerance", type=float, default=s, help=f"default {D.stability_tolerance:g}"
-    )
-    p.add_argument(
-        "--find-peak-step-s", type=float, default=s, help=f"default {D.find_peak_step_s:g}"
-    )
-    p.add_argument(
-        "--find-peak-tolerance", type=float, default=s, help=f"default {D.find_peak_tolerance:g}"
-    )
-    p.add_argument(
-        "--find-peak-max-steps", type=int, default=s, help=f"default {D.find_peak_max_steps}"
-    )
-    p.add_argument(
-        "--final-duration-s",
-        type=float,
-        default=s,
-        help="the server run at the found peak (default: --duration-s)",
-    )
-    p.add_argument("--no-roofline", dest="roofline", action="store_false", default=s)
-    p.add_argument("--no-telemetry", dest="telemetry", action="store_false", default=s)
-    p.add_argument(
-        "--timeout-s", type=float, default=s, help=f"per query (default {D.timeout_s:g})"
-    )
-    p.add_argument("--output", default=s, help=f"report folder (default {D.output})")
-    p.add_argument("--name", default=s, help="report name (default: model-size-runner)")
-    p.add_argument("--no-html", dest="html", action="store_false", default=s)
-    p.add_argument("--main-job", action="store_true", default=s, help="what `make bench` runs")
+    add_config_flags(p, BenchConfig)
     p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
 
 
-# Flags from lab/cliargs.py and their defaults.
-SHARED: dict[str, Any] = {
-    "model": "encoder",
-    "size": None,
-    "precision": "fp32",
-    "model_repository": None,
-    "runner": "onnxruntime",
-}
-
-
 def read_config_file(path: str) -> dict[str, Any]:
+    """Flat settings from a JSON or TOML file (flat keys and/or group tables)."""
     file = Path(path)
     try:
         text = file.read_text()
@@ -252,7 +108,7 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{file}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a table/object of settings")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return flat_settings(data, str(file))
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -262,15 +118,15 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     from_file = read_config_file(args.config) if args.config else {}
     settings: dict[str, Any] = dict(from_file)
     given = vars(args)
-    # The shared model/runner flags always have a value: one left at its default yields to the file.
-    for key, default in SHARED.items():
-        if key not in from_file or given[key] != default:
-            settings[key] = given[key]
+    # The shared model/runner flags (lab/cliargs.py) always have a value: one left at its
+    # default yields to the file.
+    for f in fields(BenchConfig):
+        shared = f.name in given and f.name != "runner_options" and not f.metadata["cli"]
+        if shared and (f.name not in from_file or given[f.name] != f.default):
+            settings[f.name] = given[f.name]
     if args.runner_option or "runner_options" not in from_file:
         settings["runner_options"] = parse_options(args.runner_option)
-    for key in BenchConfig.__dataclass_fields__:
-        if key in given and key not in SHARED and key != "runner_options":
-            settings[key] = given[key]
+    settings.update(given_settings(args, BenchConfig))
     if isinstance(settings.get("baseline_options"), list):
         settings["baseline_options"] = parse_options(settings["baseline_options"])
     if settings.get("main_job") and "scenarios" not in settings:
@@ -279,10 +135,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from lab.bench.harness import run_bench
     from lab.bench.progress import Progress
     from lab.bench.render import summary_table
     from lab.bench.report import write_reports
+    from lab.bench.run import run_bench
 
     config = config_from_args(args)
     extra: dict[str, Any] = {}
@@ -291,7 +147,7 @@ def bench_command(args: argparse.Namespace) -> int:
         if config.main_job:
             handle, runner, extra = prepare_main_job(config, progress)
         report = run_bench(config, progress, handle=handle, runner=runner, extra=extra)
-    paths = write_reports(report, config.output, html=config.html)
+    paths = write_reports(report, config.report.output, html=config.report.html)
     print(summary_table(report))
     print()
     for path in paths.values():

@@ -182,6 +182,7 @@ class _Recorder:
         self.failed = 0
         self._lock = threading.Lock()
         self._outstanding = 0
+        self._last_done_s = 0.0  # time.monotonic() of the latest completion
         self._idle = threading.Condition(self._lock)
 
     def expect(self) -> None:
@@ -225,18 +226,29 @@ class _Recorder:
     def _finish(self) -> None:
         with self._lock:
             self._outstanding -= 1
+            self._last_done_s = time.monotonic()
             if self._outstanding == 0:
                 self._idle.notify_all()
 
-    def wait_idle(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
+    def wait_idle(self, timeout_s: float, give_up_after_s: float | None = None) -> str | None:
+        """Wait until every issued query has completed. A no-progress watchdog: give up only
+        when no query has completed for `timeout_s` (counted from this call at the earliest,
+        i.e. after the last issue), so a long burst served slowly but steadily finishes
+        while a stalled target fails within `timeout_s`. With `give_up_after_s`, also give
+        up that long after this call whatever the progress. None when every query
+        completed, else why the wait gave up."""
+        called = time.monotonic()
+        hard = None if give_up_after_s is None else called + give_up_after_s
         with self._lock:
             while self._outstanding > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
-        return True
+                now = time.monotonic()
+                if hard is not None and now >= hard:
+                    return f"no answer within {give_up_after_s} s of the last arrival"
+                quiet_until = max(called, self._last_done_s) + timeout_s
+                if now >= quiet_until:
+                    return f"no answer within {timeout_s} s (none completed for that long)"
+                self._idle.wait(min(quiet_until, hard if hard is not None else quiet_until) - now)
+        return None
 
 
 def _issue(
@@ -271,15 +283,16 @@ def _segment(
     timeout_s: float,
     concurrency: int = 0,
     end_ns: int = 0,
+    give_up_after_s: float | None = None,
 ) -> Segment:
     n = len(issued)
-    answered = recorder.wait_idle(timeout_s)
+    gave_up = recorder.wait_idle(timeout_s, give_up_after_s)
     records = dict(recorder.records)
     failed, errors = recorder.failed, list(recorder.errors)
-    if not answered:
+    if gave_up is not None:
         missing = [i for i in range(n) if i not in records]
         failed += len(missing)
-        errors.append(f"{len(missing)} queries got no answer within {timeout_s} s")
+        errors.append(f"{len(missing)} queries got {gave_up}")
         now = time.perf_counter_ns()
         for i in missing:
             records[i] = (now, 0, 0, 0, False)
@@ -312,11 +325,15 @@ def run_open_loop(
     keep_outputs: bool = False,
     timeout_s: float = 60.0,
     lead_ns: int = 2_000_000,
+    give_up_after_s: float | None = None,
 ) -> Segment:
     """Issue `queries[i]` at `t0 + offsets_ns[i]` from this thread (offline: all offsets 0).
 
     The issuing thread sleeps until ~200 us before each arrival and spins the rest; the
-    actual submit time is recorded so the report can show the load generator's own lag."""
+    actual submit time is recorded so the report can show the load generator's own lag.
+    After the last issue it waits for the answers until none has come for `timeout_s` (a
+    burst served slowly but steadily completes, a stalled target fails), and at most
+    `give_up_after_s` when given; queries still unanswered then are failures."""
     if len(offsets_ns) != len(queries):
         raise ConfigError("an open-loop run needs one arrival time per query")
     recorder = _Recorder(keep_outputs)
@@ -343,7 +360,17 @@ def run_open_loop(
         if collecting:
             gc.enable()
     last = scheduled[-1] if scheduled else t0
-    return _segment("open", t0, queries, scheduled, issued, recorder, timeout_s, end_ns=last)
+    return _segment(
+        "open",
+        t0,
+        queries,
+        scheduled,
+        issued,
+        recorder,
+        timeout_s,
+        end_ns=last,
+        give_up_after_s=give_up_after_s,
+    )
 
 
 def run_closed_loop(

@@ -6,7 +6,9 @@ with `lab.bench.schema.validate` when a report is written and when one is read. 
     schema_version   "MAJOR.MINOR"; readers accept the same MAJOR
     kind             "servelab-bench-report"
     name, created_at, servelab_version, wall_s
-    config           every BenchConfig field (the full configuration)
+    config           every BenchConfig field (the full configuration): top-level fields and
+                     one object per group (batching, checks, find_peak, report); 1.0
+                     reports have every field flat
     environment      CPU, GPU and driver, memory, library versions, git commit and dirty flag
     model            name, size, precision, ONNX and weights sha256, public seed, seed label, SLO
     targets          what was driven: {"candidate": ..., "baseline": ...}
@@ -39,7 +41,7 @@ import numpy as np
 from lab.bench.schema import validate
 from lab.errors import ConfigError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
@@ -139,8 +141,9 @@ def write_reports(
     if clean["config"]["target"] not in ("inprocess", "in-process"):
         runner = "remote"
     base = _slug(f"{stamp}-{model['name']}-{model['size']}-{runner}")
-    if clean["config"].get("name"):
-        base = _slug(f"{stamp}-{clean['config']['name']}")
+    name = clean["config"]["report"]["name"]
+    if name:
+        base = _slug(f"{stamp}-{name}")
     texts = {".json": dumps(clean), ".md": render_markdown(clean)}
     if html:
         texts[".html"] = render_html(clean)

@@ -1,0 +1,287 @@
+"""A whole bench run: targets, runners, roofline, every scenario, replay check, the report.
+
+`run_bench(config)` resolves the model, opens the runner (and the baseline runner) with
+`open_runner`, measures the roofline inputs, then runs each configured scenario from the
+`SCENARIOS` registry (lab.bench.scenarios) with telemetry, handing each one the results of
+the scenarios before it; after the scenarios the replay check runs once. The report is a
+plain dict (lab.bench.report).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+from lab.bench.audit import replay_check
+from lab.bench.config import BenchConfig
+from lab.bench.metrics import scenario_metrics
+from lab.bench.progress import Progress
+from lab.bench.scenarios import SCENARIOS, Result
+from lab.bench.scenarios.common import BASELINE, CANDIDATE, BenchContext
+from lab.bench.target import InProcessTarget, Target
+from lab.bench.telemetry import Telemetry
+from lab.errors import ConfigError
+from lab.repository import ModelHandle
+from lab.runners.base import Runner
+
+
+# ----- targets ---------------------------------------------------------------------------
+class TargetFactory:
+    """Opens the target a scenario drives. In-process targets are rebuilt per scenario
+    around one loaded runner (offline needs its own batch size); a remote target is shared."""
+
+    def __init__(
+        self,
+        handle: ModelHandle,
+        config: BenchConfig,
+        runner: Runner | None = None,
+        remote: Target | None = None,
+    ) -> None:
+        self.handle = handle
+        self.config = config
+        self.runner = runner
+        self.remote = remote
+
+    @contextmanager
+    def open(
+        self, max_batch_size: int | None = None, offline: bool = False, drain: bool = True
+    ) -> Iterator[Target]:
+        """A started target; on exit an in-process one finishes its queue (or, without
+        `drain`, fails what is still queued and only waits for the batch in flight)."""
+        if self.remote is not None:
+            yield self.remote
+            return
+        assert self.runner is not None
+        batching = self.config.batching
+        target = InProcessTarget(
+            self.runner,
+            max_batch_size=max_batch_size or batching.max_batch_size,
+            max_queue_delay_us=0 if offline else batching.max_queue_delay_us,
+            preferred_batch_sizes=() if offline else batching.preferred_batch_sizes,
+        )
+        target.start()
+        try:
+            yield target
+        finally:
+            target.stop(drain=drain)
+
+    def describe(self) -> dict[str, Any]:
+        if self.remote is not None:
+            return self.remote.describe()
+        assert self.runner is not None
+        with self.open() as target:
+            return target.describe()
+
+
+def make_remote_target(url: str, handle: ModelHandle, config: BenchConfig) -> Target:
+    try:
+        from lab.bench.remote_target import RemoteTarget
+    except ModuleNotFoundError as exc:
+        if exc.name == "lab.bench.remote_target":
+            raise ConfigError(
+                "remote targets need lab/bench/remote_target.py, which is not in this build"
+            ) from None
+        raise
+    return RemoteTarget(
+        url, handle, concurrency=config.remote_concurrency, timeout_s=config.timeout_s
+    )
+
+
+def is_remote(target: str) -> bool:
+    return target.startswith(("http://", "https://", "grpc://"))
+
+
+# ----- runners ---------------------------------------------------------------------------
+def open_runner(
+    spec: str,
+    options: Mapping[str, Any],
+    handle: ModelHandle,
+    stack: ExitStack,
+    runner: Runner | None = None,
+) -> Runner:
+    """The one place the bench creates and loads a runner (candidate and baseline alike):
+    `spec` with `options` (or `runner` as given: tests, the main job), loaded for `handle`
+    if it is not yet, and closed when `stack` closes."""
+    from lab.runners import create_runner
+
+    runner = runner or create_runner(spec, dict(options))
+    if not runner.is_loaded:
+        runner.load(handle)
+    stack.callback(runner.close)
+    return runner
+
+
+# ----- roofline --------------------------------------------------------------------------
+def _ceiling_framework(runner: Runner | None) -> tuple[str, str]:
+    """(framework, device) the ceilings are measured with: the runner's own where we can."""
+    if runner is None:
+        return "numpy", "cpu"
+    options = runner.options
+    if runner.name == "torch":
+        return "torch", str(options.get("device", "cpu"))
+    if runner.name == "onnxruntime" and str(options.get("provider", "cpu")) == "cpu":
+        return "onnxruntime", "cpu"
+    if runner.name in ("onnxruntime", "tensorrt"):
+        return "torch", "cuda"
+    return "numpy", "cpu"
+
+
+def measure_roofline(
+    handle: ModelHandle, workload: Any, runner: Runner | None, progress: Progress
+) -> dict[str, Any]:
+    """{"work": ..., "ceilings": ...} for the report and the per-scenario attainment, or
+    {"skipped": reason}."""
+    from lab.bench.roofline import measure_ceilings, work_model
+
+    if not handle.onnx_path.is_file():
+        return {"skipped": f"no ONNX graph at {handle.onnx_path} to count work from"}
+    if runner is None:
+        return {
+            "skipped": "remote target: the ceilings of this machine say nothing of the server's"
+        }
+    framework, device = _ceiling_framework(runner)
+    with progress.phase("roofline: counting work and measuring ceilings", 3.0):
+        pool = workload.samples(256, "roofline")
+        work = work_model(handle.onnx_path, pool, handle.inputs)
+        try:
+            ceilings = measure_ceilings(framework, budget_s=0.5, device=device)
+        except (ImportError, RuntimeError) as exc:  # e.g. CUDA asked for but not usable
+            ceilings = measure_ceilings("numpy", budget_s=0.5)
+            ceilings["fallback_reason"] = f"{framework} on {device}: {exc}"
+    return {"work": work, "ceilings": ceilings}
+
+
+# ----- scenarios -------------------------------------------------------------------------
+def run_scenario(context: BenchContext, name: str, earlier: Mapping[str, Result]) -> Result:
+    """One registered scenario with telemetry, wall time and its metrics."""
+    scenario = SCENARIOS[name]
+    telemetry = Telemetry() if context.config.report.telemetry else None
+    if telemetry is not None:
+        telemetry.start()
+    started = time.perf_counter()
+    try:
+        result = scenario.run(context.for_scenario(), MappingProxyType(dict(earlier)))
+    finally:
+        usage = telemetry.stop() if telemetry is not None else None
+    result["wall_s"] = time.perf_counter() - started
+    result["telemetry"] = usage
+    result["metrics"] = scenario_metrics(result, scenario.metrics)
+    return result
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def report_name(config: BenchConfig, handle: ModelHandle) -> str:
+    if config.report.name:
+        return config.report.name
+    driven = "remote" if is_remote(config.target) else config.runner.rsplit(":", 1)[-1]
+    return f"{handle.name}-{handle.size}-{driven}"
+
+
+# ----- a whole run -----------------------------------------------------------------------
+def run_bench(
+    config: BenchConfig,
+    progress: Progress | None = None,
+    handle: ModelHandle | None = None,
+    workload: Any = None,
+    runner: Runner | None = None,
+    baseline_runner: Runner | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run every configured scenario and return the report (see lab/bench/report.py).
+
+    `handle`, `workload`, `runner` and `baseline_runner` override what the config names
+    (tests and the harness self-benchmark pass their own); runners given here are loaded if
+    needed and closed at the end either way."""
+    from lab import __version__
+    from lab.bench.environment import fingerprint, model_fingerprint
+    from lab.bench.report import SCHEMA_VERSION, verdict
+
+    started = time.perf_counter()
+    progress = progress or Progress(enabled=False)
+    if handle is None:
+        from lab.repository import ModelRepository
+
+        handle = ModelRepository(config.model_repository).handle(
+            config.model, config.size, config.precision
+        )
+    if workload is None:
+        from lab.workload import Workload
+
+        workload = Workload(handle, config.seed)
+    with ExitStack() as stack:
+        targets: dict[str, TargetFactory] = {}
+        candidate_runner: Runner | None = None
+        if is_remote(config.target):
+            remote = make_remote_target(config.target, handle, config)
+            remote.start()
+            stack.callback(remote.stop)
+            targets[CANDIDATE] = TargetFactory(handle, config, remote=remote)
+        elif config.target in ("inprocess", "in-process"):
+            candidate_runner = open_runner(
+                config.runner, config.runner_options, handle, stack, runner
+            )
+            targets[CANDIDATE] = TargetFactory(handle, config, runner=candidate_runner)
+        else:
+            raise ConfigError(
+                f"unknown target {config.target!r}: use inprocess, http://host:port or grpc://host:port"
+            )
+        if config.baseline or baseline_runner is not None:
+            loaded = open_runner(
+                config.baseline or "", config.baseline_options, handle, stack, baseline_runner
+            )
+            targets[BASELINE] = TargetFactory(handle, config, runner=loaded)
+        roofline: dict[str, Any] = {"skipped": "roofline disabled"}
+        if config.report.roofline:
+            roofline = measure_roofline(handle, workload, candidate_runner, progress)
+        context = BenchContext(
+            config,
+            handle,
+            workload,
+            targets,
+            progress,
+            work=roofline.get("work"),
+            ceilings=roofline.get("ceilings"),
+        )
+        report: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "servelab-bench-report",
+            "name": report_name(config, handle),
+            "created_at": now_utc(),
+            "servelab_version": __version__,
+            "config": config.to_dict(),
+            "environment": fingerprint(),
+            "model": model_fingerprint(handle, getattr(workload, "seed_label", config.seed)),
+            "targets": {role: factory.describe() for role, factory in targets.items()},
+            "slo_ms": context.slo_ms,
+        }
+        report.update(extra or {})
+        report["roofline"] = roofline
+        results: dict[str, Result] = {}
+        report["scenarios"] = []
+        for name in config.scenarios:
+            results[name] = run_scenario(context, name, results)
+            report["scenarios"].append(results[name])
+        report["replay"] = None
+        checks = config.checks
+        if checks.replay_check:
+            with (
+                progress.phase("replay check (TEST04)", 1.0),
+                targets[CANDIDATE].open(offline=True) as target,
+            ):
+                report["replay"] = replay_check(
+                    target,
+                    workload,
+                    count=checks.replay_count,
+                    tolerance=checks.replay_tolerance,
+                    timeout_s=config.timeout_s,
+                )
+        report["verdict"] = verdict(report)
+        report["wall_s"] = time.perf_counter() - started
+    return report
