@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from lab.isolation import ISOLATION_MODES, make_runner
+from lab.isolation import ISOLATION_MODES, LOAD_TIMEOUT_S, WORKER_TIMEOUT_S, make_runner
 from lab.repository import PRECISIONS, ModelHandle, ModelRepository
 from lab.runners import parse_options
 from lab.runners.base import Runner
-
-LOAD_TIMEOUT_S = 300.0
-WORKER_TIMEOUT_S = 60.0
 
 
 def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) -> None:

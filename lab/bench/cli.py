@@ -158,18 +158,30 @@ def bench_command(args: argparse.Namespace) -> int:
 def prepare_main_job(config: BenchConfig, progress: Any) -> tuple[Any, Any, dict[str, Any]]:
     """Export (if needed) and verify the model before any timing; verify failing is exit 1."""
     from lab.export import ensure_exported
+    from lab.isolation import make_runner
     from lab.repository import ModelRepository
-    from lab.runners import create_runner
-    from lab.verify import verify
+    from lab.verify import verify_runner
 
     handle = ModelRepository(config.model_repository).handle(
         config.model, config.size, config.precision
     )
     with progress.phase(f"export {handle.name} {handle.size} {handle.precision} (if needed)", 0):
         ensure_exported(handle)
-    runner = create_runner(config.runner, config.runner_options).load(handle)
-    with progress.phase(f"verify {config.runner} against the reference", 0):
-        result = verify(handle, runner, batch_size=1)
+    worker = config.worker
+    runner = make_runner(
+        config.runner,
+        config.runner_options,
+        isolation=worker.isolation,
+        load_timeout_s=worker.load_timeout_s,
+        infer_timeout_s=worker.worker_timeout_s,
+    )
+    runner.load(handle)
+    with progress.phase(f"verify {config.runner} (batch 1, mixed padded batches, fresh)", 0):
+        try:
+            result = verify_runner(handle, runner)
+        except BaseException:
+            runner.close()
+            raise
     if not result.passed:
         runner.close()
         print(result.summary(), file=sys.stderr)

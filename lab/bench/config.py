@@ -3,7 +3,7 @@
 Top-level fields say what is measured, against what and for how long; the groups say how
 the in-process target batches (`batching`), what is checked besides timing (`checks`: the
 audit and the replay check), how find-peak searches (`find_peak`) and what the report
-carries (`report`). Field names are unique across the groups, so a settings file may use
+carries (`report`) and where the runner runs (`worker`). Field names are unique across the groups, so a settings file may use
 flat keys (`audit_count = 8`, as before the grouping) or group tables (`[checks]` then
 `audit_count = 8`), and `servelab bench` derives one flag per field from the metadata
 here (lab.bench.flags): the flag is the kebab-case of the field name.
@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from lab.errors import ConfigError
+from lab.isolation import ISOLATION_MODES, LOAD_TIMEOUT_S, WORKER_TIMEOUT_S
 
 MAIN_JOB_SCENARIOS = ("single-stream", "find-peak", "offline")
 
@@ -102,6 +103,30 @@ class FindPeakConfig:
 
 
 @dataclass
+class WorkerConfig:
+    """Where the runner runs: its own worker process (the default) or this one."""
+
+    isolation: str = setting(
+        "process",
+        "process: the runner runs in a worker process, apart from the clocks, references and "
+        "checker; none: in this process (debugging only; the verdict warns)",
+        choices=lambda: ISOLATION_MODES,
+    )
+    load_timeout_s: float = setting(LOAD_TIMEOUT_S, "longest the runner's load() may take")
+    worker_timeout_s: float = setting(
+        WORKER_TIMEOUT_S, "a batch unanswered this long means the worker hung (it is killed)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.isolation not in ISOLATION_MODES:
+            raise ConfigError(
+                f"unknown isolation {self.isolation!r}: choose from {', '.join(ISOLATION_MODES)}"
+            )
+        if not self.load_timeout_s > 0 or not self.worker_timeout_s > 0:
+            raise ConfigError("load-timeout-s and worker-timeout-s must be positive")
+
+
+@dataclass
 class ReportConfig:
     """What the report carries and where it goes."""
 
@@ -148,7 +173,11 @@ class BenchConfig:
         help="option for the baseline runner, repeatable", factory=dict, metavar="KEY=VALUE"
     )
     rounds: int = setting(2, "candidate/baseline alternations")
-    seed: int | None = setting(None, "override the public seed")
+    seed: int | None = setting(
+        None,
+        "workload seed; a report's recorded seed reproduces its samples",
+        shown="fresh from OS randomness, or public+secret with SERVELAB_SECRET_SEED",
+    )
     slo_ms: float | None = setting(None, "p99 bound", shown="the model's")
     stability_windows: int = setting(5, "windows the minimum duration is cut into")
     stability_tolerance: float = setting(0.15, "how far the last 3 windows may differ")
@@ -160,6 +189,7 @@ class BenchConfig:
     checks: ChecksConfig = setting(help="checks", factory=ChecksConfig, cli=False)
     find_peak: FindPeakConfig = setting(help="find-peak", factory=FindPeakConfig, cli=False)
     report: ReportConfig = setting(help="report", factory=ReportConfig, cli=False)
+    worker: WorkerConfig = setting(help="runner worker", factory=WorkerConfig, cli=False)
 
     def __post_init__(self) -> None:
         known = scenario_names()

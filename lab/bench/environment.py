@@ -65,7 +65,9 @@ def file_sha256(path: Path) -> str | None:
     return sha256_file(path)
 
 
-def model_fingerprint(handle: ModelHandle, seed_label: Any) -> dict[str, Any]:
+def model_fingerprint(
+    handle: ModelHandle, seed_label: Any, seed_source: str | None = None
+) -> dict[str, Any]:
     return {
         "name": handle.name,
         "size": handle.size,
@@ -74,6 +76,8 @@ def model_fingerprint(handle: ModelHandle, seed_label: Any) -> dict[str, Any]:
         "weights_sha256": file_sha256(handle.weights_path),
         "public_seed": handle.config.public_seed,
         "seed": seed_label,
+        "seed_source": seed_source
+        or ("public" if seed_label == handle.config.public_seed else "given"),
         "slo_ms": handle.config.slo_ms,
         "max_batch_size": handle.config.max_batch_size,
     }

@@ -41,7 +41,7 @@ import numpy as np
 from lab.bench.schema import validate
 from lab.errors import ConfigError
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
@@ -59,11 +59,35 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     replay_passed = None if replay is None else not replay["flagged"]
     if replay is not None and replay["flagged"]:
         reasons.append(f"replay check: {replay.get('reason', 'flagged')}")
+    warnings: list[str] = []
+    isolation = report.get("isolation") or {}
+    if isolation.get("mode") == "none":
+        warnings.append(
+            "isolation none: the runner shared the harness's process (clocks, references, "
+            "checker); a grader should refuse this report"
+        )
+    for key, role in (("worker", "runner"), ("baseline_worker", "baseline")):
+        worker = isolation.get(key)
+        if not worker:
+            continue
+        if worker.get("lost"):
+            reasons.append(f"{role}: {worker['lost']}")
+        if worker.get("cpu_over_budget"):
+            reasons.append(
+                f"{role} worker used {worker['cpu_s']:.1f} CPU-s in {worker['wall_s']:.1f} s "
+                f"on {worker['cores']} cores: more than the machine can give, so the "
+                f"measured time cannot be all the time it spent"
+            )
+    if isolation.get("aborted_scenario"):
+        reasons.append(
+            f"{isolation['aborted_scenario']}: not run to the end (the runner worker was lost)"
+        )
     return {
         "valid": not reasons,
         "audit_passed": all(audits) if audits else None,
         "replay_passed": replay_passed,
         "reasons": reasons,
+        "warnings": warnings,
     }
 
 

@@ -17,14 +17,15 @@ from types import MappingProxyType
 from typing import Any
 
 from lab.bench.audit import replay_check
-from lab.bench.config import BenchConfig
+from lab.bench.config import BenchConfig, WorkerConfig
 from lab.bench.metrics import scenario_metrics
 from lab.bench.progress import Progress
 from lab.bench.scenarios import SCENARIOS, Result
 from lab.bench.scenarios.common import BASELINE, CANDIDATE, BenchContext
 from lab.bench.target import InProcessTarget, Target
 from lab.bench.telemetry import Telemetry
-from lab.errors import ConfigError
+from lab.errors import ConfigError, WorkerLost
+from lab.isolation import isolation_of, make_runner, spec_of, worker_lost, worker_usage
 from lab.repository import ModelHandle
 from lab.runners.base import Runner
 
@@ -56,6 +57,9 @@ class TargetFactory:
             yield self.remote
             return
         assert self.runner is not None
+        lost = worker_lost(self.runner)
+        if lost is not None:
+            raise WorkerLost(lost)
         batching = self.config.batching
         target = InProcessTarget(
             self.runner,
@@ -102,17 +106,35 @@ def open_runner(
     handle: ModelHandle,
     stack: ExitStack,
     runner: Runner | None = None,
+    worker: WorkerConfig | None = None,
 ) -> Runner:
     """The one place the bench creates and loads a runner (candidate and baseline alike):
-    `spec` with `options` (or `runner` as given: tests, the main job), loaded for `handle`
-    if it is not yet, and closed when `stack` closes."""
-    from lab.runners import create_runner
-
-    runner = runner or create_runner(spec, dict(options))
+    `spec` with `options` in a worker process as `worker` says (or `runner` as given: tests,
+    the main job), loaded for `handle` if it is not yet, and closed when `stack` closes."""
+    worker = worker or WorkerConfig()
+    runner = runner or make_runner(
+        spec,
+        dict(options),
+        isolation=worker.isolation,
+        load_timeout_s=worker.load_timeout_s,
+        infer_timeout_s=worker.worker_timeout_s,
+    )
+    stack.callback(runner.close)
     if not runner.is_loaded:
         runner.load(handle)
-    stack.callback(runner.close)
     return runner
+
+
+def isolation_report(
+    mode: str, runners: Mapping[str, Runner], aborted: str | None = None
+) -> dict[str, Any]:
+    """Where the runners ran, and each isolated worker's accounting."""
+    return {
+        "mode": mode,
+        "worker": worker_usage(runners[CANDIDATE]) if CANDIDATE in runners else None,
+        "baseline_worker": worker_usage(runners[BASELINE]) if BASELINE in runners else None,
+        "aborted_scenario": aborted,
+    }
 
 
 # ----- roofline --------------------------------------------------------------------------
@@ -120,8 +142,8 @@ def _ceiling_framework(runner: Runner | None) -> tuple[str, str]:
     """(framework, device) the ceilings are measured with: the runner's own where we can."""
     if runner is None:
         return "numpy", "cpu"
-    options = runner.options
-    if runner.name == "torch":
+    name, options = spec_of(runner)
+    if name == "torch":
         return "torch", str(options.get("device", "cpu"))
     if runner.name == "onnxruntime" and str(options.get("provider", "cpu")) == "cpu":
         return "onnxruntime", "cpu"
@@ -214,10 +236,11 @@ def run_bench(
     if workload is None:
         from lab.workload import Workload
 
-        workload = Workload(handle, config.seed)
+        workload = Workload.for_run(handle, config.seed)
     with ExitStack() as stack:
         targets: dict[str, TargetFactory] = {}
         candidate_runner: Runner | None = None
+        runners: dict[str, Runner] = {}
         if is_remote(config.target):
             remote = make_remote_target(config.target, handle, config)
             remote.start()
@@ -225,8 +248,9 @@ def run_bench(
             targets[CANDIDATE] = TargetFactory(handle, config, remote=remote)
         elif config.target in ("inprocess", "in-process"):
             candidate_runner = open_runner(
-                config.runner, config.runner_options, handle, stack, runner
+                config.runner, config.runner_options, handle, stack, runner, config.worker
             )
+            runners[CANDIDATE] = candidate_runner
             targets[CANDIDATE] = TargetFactory(handle, config, runner=candidate_runner)
         else:
             raise ConfigError(
@@ -234,8 +258,14 @@ def run_bench(
             )
         if config.baseline or baseline_runner is not None:
             loaded = open_runner(
-                config.baseline or "", config.baseline_options, handle, stack, baseline_runner
+                config.baseline or "",
+                config.baseline_options,
+                handle,
+                stack,
+                baseline_runner,
+                config.worker,
             )
+            runners[BASELINE] = loaded
             targets[BASELINE] = TargetFactory(handle, config, runner=loaded)
         roofline: dict[str, Any] = {"skipped": "roofline disabled"}
         if config.report.roofline:
@@ -257,7 +287,11 @@ def run_bench(
             "servelab_version": __version__,
             "config": config.to_dict(),
             "environment": fingerprint(),
-            "model": model_fingerprint(handle, getattr(workload, "seed_label", config.seed)),
+            "model": model_fingerprint(
+                handle,
+                getattr(workload, "seed_label", config.seed),
+                getattr(workload, "seed_source", None),
+            ),
             "targets": {role: factory.describe() for role, factory in targets.items()},
             "slo_ms": context.slo_ms,
         }
@@ -265,12 +299,20 @@ def run_bench(
         report["roofline"] = roofline
         results: dict[str, Result] = {}
         report["scenarios"] = []
+        mode = "remote" if is_remote(config.target) else isolation_of(runners[CANDIDATE])
+        aborted: str | None = None
         for name in config.scenarios:
-            results[name] = run_scenario(context, name, results)
+            try:
+                results[name] = run_scenario(context, name, results)
+            except WorkerLost:  # the verdict gives the reason; report what ran so far
+                aborted = name
+                break
             report["scenarios"].append(results[name])
+            if any(worker_lost(r) for r in runners.values()):
+                break
         report["replay"] = None
         checks = config.checks
-        if checks.replay_check:
+        if checks.replay_check and not any(worker_lost(r) for r in runners.values()):
             with (
                 progress.phase("replay check (TEST04)", 1.0),
                 targets[CANDIDATE].open(offline=True) as target,
@@ -282,6 +324,7 @@ def run_bench(
                     tolerance=checks.replay_tolerance,
                     timeout_s=config.timeout_s,
                 )
+        report["isolation"] = isolation_report(mode, runners, aborted)
         report["verdict"] = verdict(report)
         report["wall_s"] = time.perf_counter() - started
     return report

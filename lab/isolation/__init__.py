@@ -16,14 +16,16 @@ from lab.runners import RUNNERS, create_runner
 from lab.runners.base import Runner
 
 ISOLATION_MODES = ("process", "none")
+LOAD_TIMEOUT_S = 300.0  # TensorRT engine builds take minutes
+WORKER_TIMEOUT_S = 60.0
 
 
 def make_runner(
     spec: str,
     options: Mapping[str, Any] | None = None,
     isolation: str = "process",
-    load_timeout_s: float = 300.0,
-    infer_timeout_s: float = 60.0,
+    load_timeout_s: float = LOAD_TIMEOUT_S,
+    infer_timeout_s: float = WORKER_TIMEOUT_S,
 ) -> Runner:
     """A runner for `spec`: in a worker process (the default), or in this one with
     isolation "none" (built-in runners and debugging; reports say so)."""
@@ -46,3 +48,26 @@ def isolation_of(runner: Runner) -> str:
     from lab.isolation.runner import IsolatedRunner
 
     return "process" if isinstance(runner, IsolatedRunner) else "none"
+
+
+def worker_usage(runner: Runner) -> dict[str, Any] | None:
+    """The isolated worker's accounting (see IsolatedRunner.usage), None in-process."""
+    from lab.isolation.runner import IsolatedRunner
+
+    return runner.usage() if isinstance(runner, IsolatedRunner) else None
+
+
+def worker_lost(runner: Runner) -> str | None:
+    """Why the runner's worker is gone, or None (always None in-process)."""
+    from lab.isolation.runner import IsolatedRunner
+
+    return runner.lost if isinstance(runner, IsolatedRunner) else None
+
+
+def spec_of(runner: Runner) -> tuple[str, dict[str, Any]]:
+    """(runner name, options) of what actually runs, seen through an isolated worker."""
+    from lab.isolation.runner import IsolatedRunner
+
+    if isinstance(runner, IsolatedRunner):
+        return runner.spec, dict(runner.options)
+    return runner.name, dict(runner.options)
