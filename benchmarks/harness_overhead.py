@@ -1,8 +1,9 @@
 """The harness measuring itself: the real bench pipeline driving a no-op runner.
 
 Everything a real run does happens here (query source with copies, dynamic batcher, runner
-input/output validation, the issuing thread, future callbacks, histograms), except that the
-runner returns zeros at once, so every figure is the harness's own cost. In one run:
+input/output validation, the issuing thread, future callbacks, histograms, and by default
+the isolated runner worker: shared memory and a socket round trip per batch), except that
+the runner returns zeros at once, so every figure is the harness's own cost. In one run:
 
 - offline: all samples issued at once in batches of --batch-size; target >= 100,000 samples/s
 - server: Poisson arrivals at --qps (default 10,500); targets: achieved >= 10,000 queries/s
@@ -11,6 +12,7 @@ runner returns zeros at once, so every figure is the harness's own cost. In one 
 Prints the figures (and JSON with --json) and exits 1 when a target is missed.
 
     .venv/bin/python benchmarks/harness_overhead.py [--duration-s 3] [--qps 10500]
+        [--isolation process|none]
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from typing import Any
 
 from lab.bench.config import BenchConfig
 from lab.bench.run import run_bench
-from lab.bench.selftest import NoopRunner, SyntheticWorkload, synthetic_handle
+from lab.bench.selftest import SyntheticWorkload, synthetic_handle
+from lab.isolation import ISOLATION_MODES, make_runner
+
+NOOP_PLUGIN = "lab.bench.selftest:NoopRunner"  # loaded like any plugin, in the worker
 
 OFFLINE_TARGET_SAMPLES_PER_S = 100_000
 SERVER_TARGET_QPS = 10_000
@@ -47,7 +52,8 @@ def measure(handle: Any, args: argparse.Namespace, scenario: str, duration_s: fl
         roofline=False,
         stability_tolerance=0.25,
     )
-    report = run_bench(config, handle=handle, workload=SyntheticWorkload(), runner=NoopRunner())
+    runner = make_runner(NOOP_PLUGIN, isolation=args.isolation)
+    report = run_bench(config, handle=handle, workload=SyntheticWorkload(), runner=runner)
     return report["scenarios"][0]
 
 
@@ -63,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qps", type=float, default=10_500.0)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-batch-size", type=int, default=256)
+    parser.add_argument(
+        "--isolation",
+        default="process",
+        choices=ISOLATION_MODES,
+        help="the no-op runner in its worker process (default, as plugins run) or in-process",
+    )
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args(argv)
 
@@ -103,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
     ]
     print(
-        f"harness overhead with a no-op runner (offline {args.offline_duration_s:g} s, "
-        f"server {args.duration_s:g} s)"
+        f"harness overhead with a no-op runner, isolation {args.isolation} (offline "
+        f"{args.offline_duration_s:g} s, server {args.duration_s:g} s)"
     )
     for name, value, target, ok in checks:
         print(f"  {name:28s} {value:14,.3f}   target {target:>10s}   {'ok' if ok else 'MISSED'}")

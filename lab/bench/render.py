@@ -124,6 +124,26 @@ def _environment_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _isolation_lines(report: dict[str, Any]) -> list[str]:
+    isolation = report.get("isolation")
+    if not isolation:
+        return []
+    text = f"Isolation: **{isolation['mode']}**"
+    for key, role in (("worker", "runner"), ("baseline_worker", "baseline")):
+        worker = isolation.get(key)
+        if worker:
+            text += (
+                f"; {role} worker pid {worker['pid']}, load {fmt(worker['load_s'])} s, "
+                f"{fmt(worker['cpu_s'])} CPU-s in {fmt(worker['wall_s'])} s"
+            )
+            if worker.get("lost"):
+                text += f" ({worker['lost']})"
+    seed = report["model"].get("seed_source")
+    if seed:
+        text += f". Workload seed {report['model']['seed']} ({seed})"
+    return [text + ".", ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     v = report["verdict"]
     config = report["config"]
@@ -140,6 +160,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if v["reasons"]:
         lines += ["Reasons:", ""] + [f"- {r}" for r in v["reasons"]] + [""]
+    if v.get("warnings"):
+        lines += ["Warnings:", ""] + [f"- {w}" for w in v["warnings"]] + [""]
+    lines += _isolation_lines(report)
     lines += ["## Results", "", _markdown_table(scenario_rows(report)), ""]
     lines.append(
         "Latency is measured from each query's scheduled time; p values in parentheses "

@@ -26,7 +26,9 @@ import fcntl
 import math
 import mmap
 import os
+import select
 import struct
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -117,6 +119,22 @@ class Arena:
         self.map = None
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+def wait_readable(poller: select.poll, spin_s: float, timeout_s: float) -> bool:
+    """Wait for a message: first spin (polling without sleeping, yielding the core to anyone
+    who wants it) for `spin_s`, then sleep in poll() for the rest of `timeout_s`. On a VM a
+    sleeping process takes tens of microseconds to wake, more than the whole exchange costs,
+    so a short spin keeps the round trip cheap when the answer is about to arrive."""
+    if spin_s > 0:
+        until = time.perf_counter() + spin_s
+        while True:
+            if poller.poll(0):
+                return True
+            if time.perf_counter() >= until:
+                break
+            os.sched_yield()
+    return bool(poller.poll(max(0, int(timeout_s * 1000))))
 
 
 def read_tensors(

@@ -13,6 +13,7 @@ import ctypes
 import json
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -51,7 +52,13 @@ def _load(sock: socket.socket, init: dict[str, Any]) -> Any:
     return runner
 
 
-def _serve(sock: socket.socket, runner: Any, inputs: wire.Arena, outputs: wire.Arena) -> None:
+def _serve(
+    sock: socket.socket,
+    runner: Any,
+    inputs: wire.Arena,
+    outputs: wire.Arena,
+    spin_s: float = 0.0,
+) -> None:
     """Answer INFER messages until CLOSE. The parent validated the inputs and validates the
     outputs, so the hot path calls the runner's hook directly."""
     specs = runner.model.inputs
@@ -59,7 +66,11 @@ def _serve(sock: socket.socket, runner: Any, inputs: wire.Arena, outputs: wire.A
     dtypes = [np.dtype(s.dtype) for s in specs]
     ranks = [len(s.shape) for s in specs]
     dims = wire.dims_struct(ranks)
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
     while True:
+        while not wire.wait_readable(poller, spin_s, 3600.0):
+            pass
         message = sock.recv(wire.MAX_MESSAGE)
         if not message or message[:1] == wire.OP_CLOSE:
             return
@@ -120,7 +131,7 @@ def main(argv: list[str]) -> int:
         return 2
     _send_json(sock, {"ok": True, "name": runner.name, "describe": runner.describe()})
     try:
-        _serve(sock, runner, inputs, outputs)
+        _serve(sock, runner, inputs, outputs, float(init.get("spin_s", 0.0)))
     except (ConnectionError, struct.error):
         return 1
     finally:
