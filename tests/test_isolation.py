@@ -202,7 +202,7 @@ def test_a_forged_reply_cannot_reach_outside_the_arena(
         runner.load(encoder_small)
         assert isinstance(runner, IsolatedRunner)
         runner.infer(batches[0])
-        huge = wire.HEAD.pack(wire.OP_OK, 7, 0)
+        huge = wire.HEAD.pack(wire.OP_OK, 7, 0) + wire.HOOK_NS.pack(0)
         for _ in encoder_small.outputs:
             huge += wire.OUTPUT_HEAD.pack(10, 2) + struct.pack("<2q", 1 << 40, 1 << 20)
         with pytest.raises(RunnerError, match="does not fit"):

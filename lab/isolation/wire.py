@@ -11,8 +11,9 @@ is a pickle, in the direction where the reader trusts the writer.
 Hot-path messages (names and dtypes come from the model's specs, known to both sides):
 
     parent -> worker  INFER  op 'I', seq u32, input arena bytes u64, every input's dims (i64)
-    worker -> parent  OK     op 'O', seq u32, output arena bytes u64, per output in spec
-                             order: dtype code u8, rank u8, dims (i64)
+    worker -> parent  OK     op 'O', seq u32, output arena bytes u64, the hook's time in ns
+                             by the worker's clock u64 (diagnostics only: never a result),
+                             per output in spec order: dtype code u8, rank u8, dims (i64)
                       ERROR  op 'E', seq u32, kind u8 (0 runner, 1 input), UTF-8 message
     parent -> worker  CLOSE  op 'C'
 
@@ -30,6 +31,7 @@ import select
 import struct
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +46,7 @@ OP_INFER, OP_OK, OP_ERROR, OP_CLOSE = b"I", b"O", b"E", b"C"
 ERROR_RUNNER, ERROR_INPUT = 0, 1
 HEAD = struct.Struct("<cIQ")  # op, seq, arena bytes
 ERROR_HEAD = struct.Struct("<cIB")  # op, seq, kind
+HOOK_NS = struct.Struct("<Q")  # in OK replies, after HEAD
 OUTPUT_HEAD = struct.Struct("<BB")  # dtype code, rank
 
 # Dtypes a tensor may have on the wire (the index is the code).
@@ -119,6 +122,40 @@ class Arena:
         self.map = None
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+class Receiver:
+    """Receives whole messages into one buffer allocated once (a fresh 1 MiB buffer per
+    recv() would cost more than the rest of the exchange)."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.buffer = bytearray(MAX_MESSAGE)
+        self.view = memoryview(self.buffer)
+
+    def recv(self) -> bytes:
+        """The next message; b"" at the end of the stream."""
+        n = self.sock.recv_into(self.buffer, MAX_MESSAGE)
+        return bytes(self.view[:n])
+
+
+class Layouts:
+    """Views over an arena for the layouts that recur (the same shapes batch after batch), so
+    a repeated layout costs a dict lookup. A view made before the arena grew stays valid: the
+    old mapping shows the same shared pages."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self.views: dict[Any, Any] = {}
+
+    def get(self, key: Any) -> Any:
+        return self.views.get(key)
+
+    def put(self, key: Any, value: Any) -> Any:
+        if len(self.views) >= self.limit:
+            self.views.clear()
+        self.views[key] = value
+        return value
 
 
 def wait_readable(poller: select.poll, spin_s: float, timeout_s: float) -> bool:

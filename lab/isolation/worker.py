@@ -18,6 +18,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -62,42 +63,64 @@ def _serve(
     """Answer INFER messages until CLOSE. The parent validated the inputs and validates the
     outputs, so the hot path calls the runner's hook directly."""
     specs = runner.model.inputs
+    names = [s.name for s in specs]
     out_names = [s.name for s in runner.model.outputs]
     dtypes = [np.dtype(s.dtype) for s in specs]
     ranks = [len(s.shape) for s in specs]
     dims = wire.dims_struct(ranks)
+    in_layouts, out_layouts = wire.Layouts(), wire.Layouts()
     poller = select.poll()
     poller.register(sock, select.POLLIN)
+    receiver = wire.Receiver(sock)
     while True:
         while not wire.wait_readable(poller, spin_s, 3600.0):
             pass
-        message = sock.recv(wire.MAX_MESSAGE)
+        message = receiver.recv()
         if not message or message[:1] == wire.OP_CLOSE:
             return
         _, seq, arena_bytes = wire.HEAD.unpack_from(message)
         try:
             if arena_bytes > inputs.size:
                 inputs.remap()
-            shapes = wire.split_dims(dims.unpack_from(message, wire.HEAD.size), ranks)
-            batch = dict(zip((s.name for s in specs), wire.read_tensors(inputs, dtypes, shapes)))
-            result = runner.infer_impl(batch)
+            key = message[wire.HEAD.size :]
+            views = in_layouts.get(key)
+            if views is None:
+                shapes = wire.split_dims(dims.unpack_from(message, wire.HEAD.size), ranks)
+                views = in_layouts.put(key, wire.read_tensors(inputs, dtypes, shapes))
+            started = time.perf_counter_ns()
+            result = runner.infer_impl(dict(zip(names, views)))
+            hook_ns = time.perf_counter_ns() - started
             arrays = []
             for name in out_names:
                 if name not in result:
                     raise RunnerError(f"runner {runner.name} did not return output {name!r}")
-                array = np.ascontiguousarray(result[name])
+                array = np.asarray(result[name])
                 if array.dtype not in wire.DTYPE_CODES:
                     raise RunnerError(
                         f"runner {runner.name} returned {name!r} with dtype {array.dtype}, "
                         f"which cannot be sent back (use a numeric dtype)"
                     )
                 arrays.append(array)
-            wire.write_tensors(outputs, arrays)
-            reply = [wire.HEAD.pack(wire.OP_OK, seq, outputs.size)]
-            for array in arrays:
-                reply.append(wire.OUTPUT_HEAD.pack(wire.DTYPE_CODES[array.dtype], array.ndim))
-                reply.append(wire.encode_dims([array.shape]))
-            sock.send(b"".join(reply))
+            layout = tuple((a.dtype, a.shape) for a in arrays)
+            cached = out_layouts.get(layout)
+            if cached is None:
+                total = sum(wire.aligned(a.nbytes) for a in arrays)
+                outputs.reserve(total)
+                views = wire.read_tensors(outputs, [d for d, _ in layout], [s for _, s in layout])
+                suffix = b"".join(
+                    wire.OUTPUT_HEAD.pack(wire.DTYPE_CODES[a.dtype], a.ndim)
+                    + wire.encode_dims([a.shape])
+                    for a in arrays
+                )
+                cached = out_layouts.put(layout, (views, suffix))
+            out_views, suffix = cached
+            for view, array in zip(out_views, arrays):
+                np.copyto(view, array)
+            sock.send(
+                wire.HEAD.pack(wire.OP_OK, seq, outputs.size)
+                + wire.HOOK_NS.pack(max(0, hook_ns))
+                + suffix
+            )
         except Exception as exc:  # the runner's failure is the parent's to report
             kind = wire.ERROR_INPUT if isinstance(exc, InputError) else wire.ERROR_RUNNER
             text = (
