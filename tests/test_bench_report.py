@@ -219,6 +219,8 @@ def test_bench_and_compare_commands(ranker_small: ModelHandle, tmp_path: Path, c
     assert "verdict: VALID" in out and "wrote" in out
     report = load_report(tmp_path / "reports" / "latest.json")
     assert report["targets"]["candidate"]["runner"]["class"] == "Mine"
+    assert report["targets"]["candidate"]["runner"]["isolation"] == "process"
+    assert report["isolation"]["mode"] == "process" and report["isolation"]["worker"]["pid"]
     assert report["name"] == "cli"
     latest = str(tmp_path / "reports" / "latest.json")
     assert main(["compare", latest, latest, "--html", str(tmp_path / "c.html")]) == 0

@@ -1,8 +1,9 @@
 """Telemetry sampled in a background thread while a scenario runs.
 
 Process CPU (percent of one core, so 200 means two busy cores) and resident memory come from
-psutil, and so does the CPU that other processes used meanwhile (in cores): a benchmark on a
-machine that was not quiet says so. GPU utilisation, memory, power and clocks come from NVML (`nvidia-ml-py`, imported
+psutil, for the harness together with its child processes (the runner workers: their work is
+the run's work), and so does the CPU that other processes used meanwhile (in cores): a
+benchmark on a machine that was not quiet says so. GPU utilisation, memory, power and clocks come from NVML (`nvidia-ml-py`, imported
 lazily): without the package, without a driver or without a GPU, the report says "no GPU".
 """
 
@@ -79,6 +80,8 @@ class Telemetry:
         self._process.cpu_percent(None)  # the first call only sets the reference point
         psutil.cpu_percent(None)
         self._psutil = psutil
+        self._children: dict[int, Any] = {}
+        self._refresh_children()
         self._cores = psutil.cpu_count() or 1
         self._nvml = _nvml()
         if self._nvml is not None:
@@ -96,10 +99,33 @@ class Telemetry:
         while not self._stop.wait(self.interval_s):
             self._sample()
 
+    def _refresh_children(self) -> None:
+        """Start following child processes that appeared (a worker started mid-run)."""
+        try:
+            children = self._process.children(recursive=True)
+        except self._psutil.Error:
+            return
+        for child in children:
+            if child.pid not in self._children:
+                try:
+                    child.cpu_percent(None)
+                except self._psutil.Error:
+                    continue
+                self._children[child.pid] = child
+
     def _sample(self) -> None:
-        self.cpu_percent.append(float(self._process.cpu_percent(None)))
+        self._refresh_children()
+        cpu = float(self._process.cpu_percent(None))
+        rss = int(self._process.memory_info().rss)
+        for pid, child in list(self._children.items()):
+            try:
+                cpu += float(child.cpu_percent(None))
+                rss += int(child.memory_info().rss)
+            except self._psutil.Error:  # it ended
+                del self._children[pid]
+        self.cpu_percent.append(cpu)
         self.system_cpu_percent.append(float(self._psutil.cpu_percent(None)))
-        self.rss_bytes.append(int(self._process.memory_info().rss))
+        self.rss_bytes.append(rss)
         if self._nvml is None:
             return
         nvml = self._nvml

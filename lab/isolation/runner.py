@@ -237,6 +237,7 @@ class IsolatedRunner(Runner):
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.runner_name,
+            "class": str(self.reported.get("class", "?")),  # as the worker reports it
             "spec": self.spec,
             "options": self.options,
             "isolation": "process",
