@@ -1,7 +1,9 @@
 """One short script that exercises every GPU code path, for a machine with an NVIDIA GPU.
 
-It verifies each GPU runner against the fp32 reference and prints one JSON line per check,
-then a summary. Checks that cannot run (no GPU, library missing) are reported as skipped
+It verifies each GPU runner against the fp32 reference (batch 1, padded mixed-length
+batches, fresh samples), each in its own worker process as `servelab bench` runs it (so the
+worker, not this process, owns the CUDA context; `--isolation none` runs them here), and
+prints one JSON line per check, then a summary. Checks that cannot run (no GPU, library missing) are reported as skipped
 with the reason, never as passed. Exit 1 when any check that ran failed.
 
     pip install -e '.[gpu]'   # tensorrt, onnxruntime-gpu, nvidia-ml-py
@@ -19,9 +21,9 @@ from typing import Any
 
 from lab.errors import BackendUnavailable, LabError
 from lab.export import ensure_exported
+from lab.isolation import ISOLATION_MODES, make_runner
 from lab.repository import ModelRepository
-from lab.runners import create_runner
-from lab.verify import verify
+from lab.verify import verify_runner
 
 CHECKS: list[tuple[str, str, dict[str, Any], str]] = [
     ("torch-cuda-fp32", "torch", {"device": "cuda"}, "fp32"),
@@ -56,6 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="encoder")
     parser.add_argument("--size", default="small")
+    parser.add_argument("--isolation", default="process", choices=ISOLATION_MODES)
     args = parser.parse_args()
     repo = ModelRepository()
     results = [run_check("nvml", lambda: {"gpu": _nvml()})]
@@ -68,8 +71,9 @@ def main() -> int:
         ) -> dict[str, Any]:
             handle = repo.handle(args.model, args.size, precision)
             ensure_exported(handle)
-            with create_runner(runner_name, options).load(handle) as runner:
-                result = verify(handle, runner, batch_size=8)
+            with make_runner(runner_name, options, isolation=args.isolation) as runner:
+                runner.load(handle)
+                result = verify_runner(handle, runner)
                 if not result.passed:
                     raise LabError(result.summary())
                 return {"runner": runner.describe()}

@@ -19,33 +19,15 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from lab.bench.audit import REPLAY_TOLERANCE, replay_check
+from lab.bench.selftest import CachingRunner
 from lab.bench.target import InProcessTarget
 from lab.export import ensure_exported
 from lab.repository import ModelHandle, ModelRepository
 from lab.runners.onnxruntime import OnnxRuntimeRunner
 from lab.workload import Workload
-
-
-class CachingRunner(OnnxRuntimeRunner):
-    """Remembers outputs by input bytes: correct, and fast for anything seen before."""
-
-    name = "caching"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cache: dict[bytes, dict[str, np.ndarray]] = {}
-
-    def infer_impl(self, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        key = b"".join(inputs[k].tobytes() + str(inputs[k].shape).encode() for k in sorted(inputs))
-        if key not in self.cache:
-            self.cache[key] = dict(super().infer_impl(inputs))
-        return self.cache[key]
 
 
 def _summary(values: list[float]) -> dict[str, float | None]:

@@ -18,6 +18,7 @@ import pytest
 from lab.bench.audit import decide_replay, median_lower_bound, replay_check, run_audit
 from lab.bench.engine import Sample, Segment
 from lab.bench.schema import report_schema, validate
+from lab.bench.selftest import CachingRunner
 from lab.bench.target import InProcessTarget
 from lab.errors import RunnerError
 from lab.repository import ModelHandle
@@ -170,22 +171,6 @@ def test_paired_latencies_must_match() -> None:
 
 
 # ----- the replay check on real ONNX Runtime ------------------------------------------------
-
-
-class CachingRunner(OnnxRuntimeRunner):
-    """Remembers outputs by input bytes: correct, and fast for anything seen before."""
-
-    name = "caching"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cache: dict[bytes, dict[str, np.ndarray]] = {}
-
-    def infer_impl(self, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        key = b"".join(inputs[k].tobytes() + str(inputs[k].shape).encode() for k in sorted(inputs))
-        if key not in self.cache:
-            self.cache[key] = dict(super().infer_impl(inputs))
-        return self.cache[key]
 
 
 class FailingRunner(OnnxRuntimeRunner):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 import types
@@ -107,6 +108,18 @@ def test_telemetry_samples_the_process_and_says_no_gpu() -> None:
     assert summary["process_cpu_percent_max"] > 0
     assert summary["process_rss_bytes_max"] > 10 << 20
     assert summary["gpu"] == NO_GPU and "gpu_metrics" not in summary
+
+
+def test_telemetry_counts_child_processes_as_the_runs_own() -> None:
+    """A runner worker is a child process: its CPU is the run's, not another process's."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with Telemetry(interval_s=0.02) as telemetry:
+            assert child.pid in telemetry._children
+    finally:
+        child.kill()
+        child.wait()
+    assert telemetry.summary()["samples"] >= 1
 
 
 class _FakeNVML(types.ModuleType):

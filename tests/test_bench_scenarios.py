@@ -18,6 +18,7 @@ import pytest
 from lab.bench.audit import replay_check
 from lab.bench.config import BenchConfig
 from lab.bench.run import run_bench
+from lab.bench.selftest import CachingRunner
 from lab.bench.target import InProcessTarget
 from lab.repository import ModelHandle
 from lab.runners.onnxruntime import OnnxRuntimeRunner
@@ -39,22 +40,6 @@ class StallingRunner(OnnxRuntimeRunner):
         if self.calls % self.every == 0:
             time.sleep(self.stall_s)
         return super().infer_impl(inputs)
-
-
-class CachingRunner(OnnxRuntimeRunner):
-    """Remembers outputs by input bytes: correct, and fast for anything seen before."""
-
-    name = "caching"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cache: dict[bytes, dict[str, np.ndarray]] = {}
-
-    def infer_impl(self, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        key = b"".join(inputs[k].tobytes() + str(inputs[k].shape).encode() for k in sorted(inputs))
-        if key not in self.cache:
-            self.cache[key] = dict(super().infer_impl(inputs))
-        return self.cache[key]
 
 
 class WrongInBatchesRunner(OnnxRuntimeRunner):

@@ -1,4 +1,5 @@
-"""A synthetic model and a no-op runner for measuring the harness itself.
+"""A synthetic model and a no-op runner for measuring the harness itself, and a caching
+runner for checking that the replay check catches one.
 
 `benchmarks/harness_overhead.py` drives the real harness (query source, dynamic batcher,
 runner validation, issuing thread, recorder) against `NoopRunner`, so whatever it measures
@@ -16,6 +17,7 @@ import numpy as np
 from lab.batcher import collate
 from lab.repository import ModelConfig, ModelHandle, TensorSpec
 from lab.runners.base import Runner
+from lab.runners.onnxruntime import OnnxRuntimeRunner
 
 INPUT = TensorSpec("x", "float32", (-1, 4))
 OUTPUT = TensorSpec("y", "float32", (-1, 1))
@@ -66,3 +68,19 @@ class SyntheticWorkload:
 
     def collate(self, samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return collate(samples, self.input_specs)
+
+
+class CachingRunner(OnnxRuntimeRunner):
+    """Remembers outputs by input bytes: correct, and fast for anything seen before."""
+
+    name = "caching"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache: dict[bytes, dict[str, np.ndarray]] = {}
+
+    def infer_impl(self, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        key = b"".join(inputs[k].tobytes() + str(inputs[k].shape).encode() for k in sorted(inputs))
+        if key not in self.cache:
+            self.cache[key] = dict(super().infer_impl(inputs))
+        return self.cache[key]

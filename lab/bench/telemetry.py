@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 NO_GPU = "no GPU"
+CHILDREN_EVERY_S = 1.0
 
 
 def _nvml() -> Any:
@@ -100,7 +101,12 @@ class Telemetry:
             self._sample()
 
     def _refresh_children(self) -> None:
-        """Start following child processes that appeared (a worker started mid-run)."""
+        """Start following child processes that appeared (a worker started mid-run). Listing
+        them reads every process in /proc, so at most once a second."""
+        now = time.perf_counter()
+        if now - getattr(self, "_children_seen_at", -1e9) < CHILDREN_EVERY_S:
+            return
+        self._children_seen_at = now
         try:
             children = self._process.children(recursive=True)
         except self._psutil.Error:
