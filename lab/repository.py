@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from lab.errors import ConfigError, InputError, ModelNotFound
+from lab.limits import ValueLimits, parse_limits, parse_max_dims
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,9 +58,11 @@ class TensorSpec:
     shape: tuple[int, ...]
     pad_value: float = 0.0
     same_shape_as: str | None = None  # another input whose shape this one must equal
+    max_shape: tuple[int, ...] | None = None  # largest size per axis (-1: none), batch first
+    limits: ValueLimits | None = None  # allowed values (config.toml min / below / finite)
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
-        """Rank and fixed dimensions (not the batch size) against this spec."""
+        """Rank, fixed and maximum dimensions (not the batch size) against this spec."""
         if len(shape) != len(self.shape):
             raise InputError(
                 f"input {self.name!r} has shape {list(shape)}, expected rank {len(self.shape)} "
@@ -70,6 +73,18 @@ class TensorSpec:
                 raise InputError(
                     f"input {self.name!r} has shape {list(shape)}, expected {list(self.shape)}"
                 )
+        if self.max_shape is not None:
+            for axis, (got, most) in enumerate(zip(shape, self.max_shape)):
+                if axis and most != -1 and got > most:
+                    raise InputError(
+                        f"input {self.name!r} has shape {list(shape)}: axis {axis} is {got} "
+                        f"long, over the model's maximum of {most}"
+                    )
+
+    def check_values(self, array: np.ndarray) -> None:
+        """The declared value limits (ids within the vocabulary, finite floats...)."""
+        if self.limits is not None:
+            self.limits.check(self.name, array)
 
     @property
     def datatype(self) -> str:
@@ -238,7 +253,8 @@ def _parse_specs(
             raise ConfigError(f"{path}: every [[{kind}]] needs {exc.args[0]!r}") from None
         if datatype not in TRITON_TO_NUMPY:
             raise ConfigError(f"{path}: {kind} {name!r} has unknown datatype {datatype!r}")
-        shape = (-1,) + tuple(_resolve_dim(d, size_cfg, f"{path}: {kind} {name}") for d in dims)
+        where = f"{path}: {kind} {name}"
+        shape = (-1,) + tuple(_resolve_dim(d, size_cfg, where) for d in dims)
         specs.append(
             TensorSpec(
                 name=name,
@@ -246,6 +262,8 @@ def _parse_specs(
                 shape=shape,
                 pad_value=float(entry.get("pad_value", 0)),
                 same_shape_as=entry.get("same_shape_as"),
+                max_shape=parse_max_dims(entry, shape[1:], size_cfg, where),
+                limits=parse_limits(entry, shape, size_cfg, where),
             )
         )
     names = {s.name for s in specs}

@@ -120,7 +120,8 @@ def _check_datatype(spec: TensorSpec, datatype: Any) -> np.dtype:
 
 
 def _check_inputs(model: ModelSpec, arrays: dict[str, np.ndarray]) -> int:
-    """All inputs present; one batch size across them. Returns the batch size."""
+    """All inputs present; one batch size across them; values within the model's declared
+    limits (lab.limits). Returns the batch size."""
     for spec in model.inputs:
         if spec.name not in arrays:
             raise InputError(
@@ -136,6 +137,8 @@ def _check_inputs(model: ModelSpec, arrays: dict[str, np.ndarray]) -> int:
                 f"input {spec.name!r} has batch size {n}, but {model.inputs[0].name!r} has {rows}"
             )
     check_same_shapes(model.inputs, {name: a.shape for name, a in arrays.items()})
+    for spec in model.inputs:  # value limits last: the cheap structural checks come first
+        spec.check_values(arrays[spec.name])
     return rows
 
 

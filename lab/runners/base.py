@@ -127,6 +127,8 @@ class Runner:
                     f"input {spec.name!r} has batch size {shape[0]}, others have {batch}"
                 )
         check_same_shapes(self._inputs, {name: a.shape for name, a in inputs.items()})
+        for spec in self._inputs:  # ids within the vocabulary / tables, finite floats
+            spec.check_values(inputs[spec.name])
         if batch < 1:
             raise InputError("batch size must be at least 1")
         if self._max_batch and batch > self._max_batch:
