@@ -6,6 +6,7 @@ it reaches a preferred size and nothing else is waiting, or when the oldest requ
 waited `max_queue_delay_us`. Inputs with dynamic axes are padded to the longest request in
 the batch with the input's `pad_value` (the baseline strategy). Each request's future
 resolves to a `Completion` with its own slice of the outputs and its queue/compute split.
+Given `execute_alone`, a merged batch that fails is split: each request is retried alone.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class DynamicBatcher:
         max_queue_size: int = 0,
         default_timeout_s: float | None = None,
         workers: int = 1,
+        execute_alone: Callable[[Tensors], Mapping[str, np.ndarray]] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError("max_batch_size must be at least 1")
@@ -113,6 +115,9 @@ class DynamicBatcher:
         if any(p < 1 or p > max_batch_size for p in preferred_batch_sizes):
             raise ConfigError("preferred batch sizes must lie between 1 and max_batch_size")
         self.execute = execute
+        # With execute_alone, a batch of one request goes to it, and a merged batch that
+        # fails is split: each of its requests is retried alone, so only the culprit fails.
+        self.execute_alone = execute_alone
         self.input_specs = tuple(input_specs)
         self.max_batch_size = max_batch_size
         self.max_queue_delay_ns = max_queue_delay_us * 1000
@@ -240,10 +245,16 @@ class DynamicBatcher:
                 live.append(item)
         if not live:
             return
+        alone = self.execute_alone
+        execute = alone if alone is not None and len(live) == 1 else self.execute
         try:
-            outputs = self.execute(collate([i.inputs for i in live], self.input_specs))
+            outputs = execute(collate([i.inputs for i in live], self.input_specs))
             parts = split(outputs, [i.size for i in live])
         except BaseException as exc:  # every accepted request gets an answer, even a failure
+            if alone is not None and len(live) > 1 and isinstance(exc, Exception):
+                for item in live:  # split and retry: only the culprit fails
+                    self._run_alone(alone, item)
+                return
             for item in live:
                 item.future.set_exception(exc)
             if not isinstance(exc, Exception):
@@ -255,3 +266,17 @@ class DynamicBatcher:
             self.on_batch(size, start, end)
         for item, part in zip(live, parts):
             item.future.set_result(Completion(part, size, item.enqueue_ns, start, end))
+
+    def _run_alone(
+        self, execute: Callable[[Tensors], Mapping[str, np.ndarray]], item: _Pending
+    ) -> None:
+        start = time.perf_counter_ns()
+        try:
+            outputs = dict(execute(item.inputs))
+        except Exception as exc:
+            item.future.set_exception(exc)
+            return
+        end = time.perf_counter_ns()
+        if self.on_batch is not None:
+            self.on_batch(item.size, start, end)
+        item.future.set_result(Completion(outputs, item.size, item.enqueue_ns, start, end))

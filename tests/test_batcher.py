@@ -143,3 +143,36 @@ def test_oversized_request_and_bad_config_are_rejected() -> None:
         pytest.raises(InputError),
     ):
         batcher.submit(_request(0, rows=3))
+
+
+def test_a_failed_merged_batch_is_split_and_only_the_culprit_fails() -> None:
+    seen: list[int] = []
+
+    def merged(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append(batch["x"].shape[0])
+        if (batch["x"] < 0).any():
+            raise InputError("negative")
+        return {"sum": batch["x"].sum(axis=1, keepdims=True)}
+
+    alone_calls: list[float] = []
+
+    def alone(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        alone_calls.append(float(batch["x"][0, 0]))
+        return merged(batch)
+
+    batcher = DynamicBatcher(
+        merged,
+        [DENSE],
+        max_batch_size=8,
+        max_queue_delay_us=600_000_000,
+        preferred_batch_sizes=[3],
+        execute_alone=alone,
+    )
+    with batcher:
+        futures = [batcher.submit(_request(v)) for v in (1.0, -1.0, 2.0)]
+        with pytest.raises(InputError, match="negative"):
+            futures[1].result(10)
+        assert futures[0].result(10).outputs["sum"].tolist() == [[3.0]]
+        assert futures[2].result(10).outputs["sum"].tolist() == [[6.0]]
+    assert seen[0] == 3  # one merged batch first, then each request alone
+    assert sorted(alone_calls) == [-1.0, 1.0, 2.0]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -339,35 +338,43 @@ def test_grpc_bad_inputs_are_invalid_argument_and_unknown_model_not_found(
 
 
 # ----- one bad request cannot fail the requests it was batched with ----------------------------
+POISON = 12345.0  # a valid dense count that the FaultyRunner fails on
+
+
 @pytest.fixture(scope="module")
-def slow_batching(ranker_small: ModelHandle) -> Iterator[BackgroundServer]:
+def merging(ranker_small: ModelHandle) -> Iterator[BackgroundServer]:
+    poisoned = {**ORT, "poison": POISON}
     config = ServeConfig(
         model=("ranker",),
         http_port=0,
         grpc_port=0,
         metrics_port=0,
-        runner_options=ORT,
-        fallback_options=ORT,
-        max_queue_delay_us=300_000,  # long enough that concurrent requests merge
-        preferred_batch_sizes=(),
+        runner="lab.serve.faults:FaultyRunner",
+        runner_options=poisoned,
+        fallback_runner="lab.serve.faults:FaultyRunner",
+        fallback_options=poisoned,
+        # A batch leaves only when it holds 5 rows (no delay can expire first): the five
+        # requests below are merged into one batch whatever the timing.
+        max_queue_delay_us=600_000_000,
+        preferred_batch_sizes=(5,),
         export=False,
     )
     with BackgroundServer(config) as srv:
         yield srv
 
 
-def test_a_bad_request_merged_into_a_batch_fails_alone(
-    slow_batching: BackgroundServer, ranker_small: ModelHandle
+def test_a_merged_batch_with_one_bad_request_answers_the_good_ones_from_the_primary(
+    merging: BackgroundServer, ranker_small: ModelHandle
 ) -> None:
     workload = Workload(ranker_small)
     good = workload.samples(4, stream="serve-merge")
-    bad = {"dense": good[0]["dense"], "sparse": np.full((1, 26), 10**9, np.int64)}
-    barrier = threading.Barrier(5)
+    bad = {"dense": np.full((1, 13), POISON, np.float32), "sparse": good[0]["sparse"]}
+    state = merging.core.models["ranker"]
+    primary_calls = state.primary.calls  # type: ignore[attr-defined]
 
     def send(s: dict[str, np.ndarray]) -> tuple[int, Any]:
         body, length = codec.encode_http_request(s)
-        barrier.wait(10)
-        conn = http.client.HTTPConnection("127.0.0.1", slow_batching.ports["http"], timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", merging.ports["http"], timeout=60)
         conn.request("POST", "/v2/models/ranker/infer", body, {codec.HEADER_LENGTH: str(length)})
         response = conn.getresponse()
         payload = response.read()
@@ -378,11 +385,16 @@ def test_a_bad_request_merged_into_a_batch_fails_alone(
     with concurrent.futures.ThreadPoolExecutor(5) as pool:
         futures = [pool.submit(send, s) for s in [*good, bad]]
         answers = [f.result() for f in futures]
-    assert answers[-1][0] == 400 and "is outside the allowed range" in answers[-1][1]["error"]
+    assert answers[-1][0] == 400 and "rejected the input" in answers[-1][1]["error"]
+    assert "poison" in answers[-1][1]["error"]
     assert [a[0] for a in answers[:4]] == [200] * 4
-    # The bad request never reached the batcher: the good ones were answered by the primary.
+    # The merged batch failed on the primary, was split, and each good request was answered
+    # by the primary alone: one merged call plus five single calls.
     assert [a[1][1]["servelab_runner"] for a in answers[:4]] == ["primary"] * 4
-    assert slow_batching.core.models["ranker"].degraded is False
+    assert state.primary.calls == primary_calls + 6  # type: ignore[attr-defined]
+    stats = state.stats.to_dict()
+    assert stats["fallback_requests"] == 0
+    assert state.breaker.total_failures == 0 and not state.degraded
     result = workload.checker().check([a[1][0] for a in answers[:4]], workload.reference(good))
     assert result.passed, result.summary()
 

@@ -5,16 +5,21 @@ fallback runner behind the shared DynamicBatcher, a circuit breaker, and statist
 and gRPC decode a request into checked arrays (lab.protocol.codec), call `ModelServer.infer`,
 and encode what comes back.
 
-Where a batch goes (`ModelState._execute`, run by the batcher's worker thread):
+Where a batch goes (run by the batcher's worker thread):
 
-    breaker closed or probing -> primary (with primary_timeout_s)
-        ok                    -> answer; a probe closes the breaker
-        fails                 -> the SAME batch on the fallback, so every request is answered;
-                                 the failure counts towards opening the breaker
-    breaker open              -> fallback directly; the model reports degraded
-    fallback fails too        -> BatchFailed; a request that was merged with others is retried
-                                 alone on the fallback, so one bad input cannot fail its
-                                 neighbours; a request the fallback rejects on its own gets 400
+    several requests merged (`_execute_merged`)
+        breaker closed or probing -> primary; if it fails, nothing is counted: the batcher
+                                     splits the batch and retries each request alone
+        breaker open              -> fallback
+    one request (`_execute_alone`, also each request of a failed merged batch)
+        primary ok                -> answer; a probe closes the breaker
+        primary InputError        -> 400, never the fallback, never counted
+        primary fails otherwise   -> the fallback answers; the failure counts towards opening
+                                     the breaker and the request towards fallback_requests
+        fallback fails too        -> 400 "model rejected the input" (the input, not the
+                                     primary: nothing is counted); without a fallback, 500
+
+Inputs outside the model's declared limits never get here: the codec rejects them first.
 """
 
 from __future__ import annotations
@@ -213,7 +218,7 @@ class ModelState:
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_probe_s)
         self.stats = ModelStats()
         self.batcher = DynamicBatcher(
-            self._execute,
+            self._execute_merged,
             handle.inputs,
             max_batch_size=max_batch,
             max_queue_delay_us=delay_us,
@@ -221,6 +226,7 @@ class ModelState:
             max_queue_size=config.max_queue_size,
             default_timeout_s=config.request_timeout_s or None,
             workers=config.batcher_workers,
+            execute_alone=self._execute_alone,
         )
         self.batcher.on_batch = self._on_batch
         self._primary_lock = threading.Lock()
@@ -279,35 +285,59 @@ class ModelState:
         with self._fallback_lock:
             return self.fallback.infer(batch)
 
-    def _execute(self, batch: Tensors) -> dict[str, np.ndarray]:
+    def _execute_merged(self, batch: Tensors) -> dict[str, np.ndarray]:
+        """A batch of several requests. Any failure here is left to the batcher, which retries
+        each request alone (`_execute_alone`): nothing is counted against the primary and
+        nobody is sent to the fallback until one request on its own shows whose fault it is."""
         rows = batch_size_of(batch)
         start = time.perf_counter_ns()
-        route = PRIMARY
+        if self.breaker.allow_primary():
+            try:
+                outputs = self._run_primary(batch)
+            except LabError:
+                self.breaker.record_inconclusive()  # a probe in flight waits for the next one
+                raise
+            self.breaker.record_success()
+            return self._with_info(outputs, rows, PRIMARY, start)
+        if self.fallback is None:  # pragma: no cover - the breaker never opens without one
+            raise RunnerError(f"runner {self.primary.name} is unavailable")
+        return self._with_info(self._run_fallback(batch), rows, FALLBACK, start)
+
+    def _execute_alone(self, batch: Tensors) -> dict[str, np.ndarray]:
+        """One request: the primary; on a runner fault the fallback answers and the fault
+        counts towards the breaker. An input error never reaches the fallback."""
+        rows = batch_size_of(batch)
+        start = time.perf_counter_ns()
         primary_error: LabError | None = None
         if self.breaker.allow_primary():
             try:
                 outputs = self._run_primary(batch)
+            except InputError:
+                self.breaker.record_inconclusive()
+                raise
             except LabError as exc:
                 primary_error = exc
             else:
                 self.breaker.record_success()
-                return self._with_info(outputs, rows, route, start)
+                return self._with_info(outputs, rows, PRIMARY, start)
         if self.fallback is None:
             assert primary_error is not None
             raise BatchFailed(f"runner {self.primary.name} failed: {primary_error}", rows)
-        route = FALLBACK
         try:
             outputs = self._run_fallback(batch)
+        except InputError:
+            self.breaker.record_inconclusive()
+            raise
         except LabError as exc:
             if primary_error is not None:
                 self.breaker.record_inconclusive()
                 message = f"primary: {primary_error}; fallback: {exc}"
             else:
                 message = str(exc)
-            raise BatchFailed(message, rows) from exc
+            raise InputError(f"model {self.name} rejected the input: {message}") from exc
         if primary_error is not None:
             self.breaker.record_failure(str(primary_error))
-        return self._with_info(outputs, rows, route, start)
+        return self._with_info(outputs, rows, FALLBACK, start)
 
     def _with_info(
         self, outputs: dict[str, np.ndarray], rows: int, route: int, start: int
@@ -323,18 +353,6 @@ class ModelState:
         self.stats.record_batch(
             size, (exec_start - start_ns, exec_end - exec_start, end_ns - exec_end)
         )
-
-    def run_alone(self, inputs: Tensors) -> dict[str, np.ndarray]:
-        """Re-run one request that shared a failed batch (isolation thread)."""
-        if self.fallback is None:
-            with self._primary_lock:
-                return self.primary.infer(inputs)
-        try:
-            return self._run_fallback(inputs)
-        except InputError:
-            raise
-        except LabError as exc:
-            raise InputError(f"model {self.name} rejected the input: {exc}") from exc
 
     # ----- descriptions ----------------------------------------------------------------
     @property
@@ -440,7 +458,6 @@ class ModelServer:
         self.live = True
         self.draining = False
         self._inflight = 0
-        self._isolation = ThreadPoolExecutor(1, thread_name_prefix="isolate")
 
     @classmethod
     def from_config(cls, config: ServeConfig) -> ModelServer:
@@ -498,18 +515,8 @@ class ModelServer:
         future = model.batcher.submit(request.inputs, request.timeout_s)
         try:
             completion = await asyncio.wrap_future(future)
-        except BatchFailed as exc:
-            if exc.rows <= request.rows:
-                if model.fallback is None:
-                    raise RunnerError(str(exc)) from exc
-                raise InputError(f"model {model.name} rejected the input: {exc}") from exc
-            # Merged with other requests: find out whether this request was the culprit.
-            loop = asyncio.get_running_loop()
-            start = time.perf_counter_ns()
-            outputs = await loop.run_in_executor(self._isolation, model.run_alone, request.inputs)
-            compute = time.perf_counter_ns() - start
-            alone = "fallback" if model.fallback is not None else "primary"
-            return Answer(outputs, request.rows, request.rows, 0, compute, alone, (0, compute, 0))
+        except BatchFailed as exc:  # the primary failed this request alone, with no fallback
+            raise RunnerError(str(exc)) from exc
         outputs = completion.outputs
         route, exec_start, exec_end = (int(v) for v in outputs.pop(_INFO)[0])
         return Answer(
@@ -552,4 +559,3 @@ class ModelServer:
         self.live = False
         for state in self.models.values():
             state.close(timeout_s)
-        self._isolation.shutdown(wait=False, cancel_futures=True)
