@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from google.protobuf import json_format
+from tritonclient.grpc.model_config_pb2 import ModelConfig
+from tritonclient.grpc.service_pb2 import ModelStatisticsResponse, RepositoryIndexResponse
 from tritonclient.utils import InferenceServerException
 
 from lab.repository import ModelHandle
@@ -251,6 +254,65 @@ def test_model_config_is_triton_json_that_tritonclient_reads(
     assert batching["default_queue_policy"]["max_queue_size"] == 512
 
 
+def test_grpc_model_config_answers_like_the_rest_config(server: BackgroundServer) -> None:
+    http = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+    grpc_client = grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
+    for model in ("encoder", "ranker"):
+        # The REST JSON read into Triton's own ModelConfig message is the gRPC answer.
+        over_rest = json_format.ParseDict(http.get_model_config(model), ModelConfig())
+        assert grpc_client.get_model_config(model).config == over_rest
+    message = grpc_client.get_model_config("ranker").config  # Triton's own message class
+    assert message.max_batch_size == 2048
+    assert [i.name for i in message.input] == ["dense", "sparse"]
+    assert message.input[1].data_type == 9 and list(message.input[1].dims) == [26]  # TYPE_INT64
+    assert message.dynamic_batching.max_queue_delay_microseconds == 500
+    assert message.instance_group[0].kind == 2  # KIND_CPU
+    with pytest.raises(InferenceServerException) as info:
+        grpc_client.get_model_config("nope")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_grpc_statistics_match_the_rest_statistics(
+    server: BackgroundServer, ranker_small: ModelHandle
+) -> None:
+    http = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+    grpc_client = grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
+    sample = Workload(ranker_small).samples(1, stream="grpc-stats")[0]
+    inputs = []
+    for name in ("dense", "sparse"):
+        datatype = "FP32" if name == "dense" else "INT64"
+        tensor = grpcclient.InferInput(name, list(sample[name].shape), datatype)
+        tensor.set_data_from_numpy(sample[name])
+        inputs.append(tensor)
+    grpc_client.infer("ranker", inputs)
+    over_grpc = grpc_client.get_inference_statistics("ranker")  # Triton's own message class
+    over_rest = json_format.ParseDict(
+        http.get_inference_statistics("ranker"),
+        ModelStatisticsResponse(),
+        ignore_unknown_fields=True,  # ServeLab's own keys (degraded, breaker...) are REST-only
+    )
+    assert over_grpc == over_rest
+    (stats,) = over_grpc.model_stats
+    assert stats.inference_count >= 1 and stats.execution_count >= 1
+    assert stats.inference_stats.success.count >= 1 and stats.batch_stats
+    every = grpc_client.get_inference_statistics(as_json=True)
+    assert sorted(m["name"] for m in every["model_stats"]) == ["encoder", "ranker"]
+
+
+def test_grpc_repository_index_lists_the_models_like_rest(server: BackgroundServer) -> None:
+    http = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+    grpc_client = grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
+    over_grpc = grpc_client.get_model_repository_index()  # Triton's own message class
+    over_rest = json_format.ParseDict(
+        {"models": http.get_model_repository_index()}, RepositoryIndexResponse()
+    )
+    assert over_grpc == over_rest
+    assert {(m.name, m.version, m.state) for m in over_grpc.models} == {
+        ("encoder", "1", "READY"),
+        ("ranker", "1", "READY"),
+    }
+
+
 # ----- statistics and metrics -----------------------------------------------------------------
 def _stats(server: BackgroundServer, model: str) -> dict[str, Any]:
     status, body = get(f"{server.http_url}/v2/models/{model}/stats")
@@ -351,6 +413,7 @@ def _fields(descriptor: Any) -> dict[str, tuple[int, int, str]]:
 
 
 def test_proto_messages_are_wire_compatible_with_tritons() -> None:
+    from tritonclient.grpc import model_config_pb2 as triton_config
     from tritonclient.grpc import service_pb2 as triton
 
     from lab.protocol._proto import inference_pb2 as ours
@@ -360,10 +423,16 @@ def test_proto_messages_are_wire_compatible_with_tritons() -> None:
         "ModelReadyRequest", "ModelReadyResponse", "ServerMetadataRequest",
         "ServerMetadataResponse", "ModelMetadataRequest", "ModelMetadataResponse",
         "InferParameter", "InferTensorContents", "ModelInferRequest", "ModelInferResponse",
+        "ModelConfigRequest", "ModelConfigResponse", "ModelStatisticsRequest",
+        "ModelStatisticsResponse", "ModelStatistics", "InferStatistics", "StatisticDuration",
+        "InferBatchStatistics", "RepositoryIndexRequest", "RepositoryIndexResponse",
+        "ModelConfig", "ModelInput", "ModelOutput", "ModelVersionPolicy", "ModelQueuePolicy",
+        "ModelDynamicBatching", "ModelInstanceGroup", "ModelParameter",
     ]  # fmt: skip
     checked = 0
     for name in names:
-        mine, theirs = getattr(ours, name).DESCRIPTOR, getattr(triton, name).DESCRIPTOR
+        source = triton if hasattr(triton, name) else triton_config
+        mine, theirs = getattr(ours, name).DESCRIPTOR, getattr(source, name).DESCRIPTOR
         stack = [(mine, theirs)]
         while stack:
             a, b = stack.pop()
@@ -375,7 +444,7 @@ def test_proto_messages_are_wire_compatible_with_tritons() -> None:
                 checked += 1
             nested = {n.name: n for n in b.nested_types}
             stack += [(n, nested[n.name]) for n in a.nested_types if n.name in nested]
-    assert checked > 40
+    assert checked > 100
     service = ours.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert service.full_name == "inference.GRPCInferenceService"
     triton_service = triton.DESCRIPTOR.services_by_name["GRPCInferenceService"]

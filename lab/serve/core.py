@@ -499,6 +499,25 @@ class ModelServer:
     def metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Triton's repository index: every model in the repository folder, served or not
+        (a model this server did not load is UNAVAILABLE, as under Triton's explicit mode)."""
+        roots = {state.handle.directory.parent for state in self.models.values()}
+        names = set(self.models)
+        for root in roots:
+            names.update(ModelRepository(root).names())
+        index = []
+        for name in sorted(names):
+            state = self.models.get(name)
+            if state is not None and state.ready and not self.draining:
+                index.append({"name": name, "version": VERSION, "state": "READY", "reason": ""})
+            elif not ready_only:
+                reason = "not loaded by this server" if state is None else "not ready"
+                index.append(
+                    {"name": name, "version": VERSION, "state": "UNAVAILABLE", "reason": reason}
+                )
+        return index
+
     @contextlib.contextmanager
     def accepting(self) -> Iterator[None]:
         """Count an infer request as in flight until its response is built."""

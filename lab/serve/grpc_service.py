@@ -4,6 +4,12 @@ Status codes follow lab.serve.errors: INVALID_ARGUMENT for bad input, NOT_FOUND 
 unknown model, UNAVAILABLE when overloaded or shutting down, DEADLINE_EXCEEDED for a queue
 timeout, UNAUTHENTICATED without the bearer token (`authorization: Bearer ...` metadata;
 ServerLive and ServerReady never need it), INTERNAL when the model itself fails.
+
+Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer,
+ModelConfig, ModelStatistics, RepositoryIndex (what tritonclient and perf_analyzer -i grpc
+call). Left out, answered UNIMPLEMENTED: ModelStreamInfer (no decoupled models; perf_analyzer
+uses it only with --streaming), RepositoryModelLoad / Unload (models are fixed at startup),
+System / Cuda shared memory (tensors travel in the message), TraceSetting, LogSettings.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf import json_format
 
 from lab.errors import ConfigError, LabError
 from lab.protocol import codec
@@ -86,6 +93,41 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             response.outputs.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
         for key, value in meta["parameters"].items():
             codec.set_parameter(response.parameters, key, value)
+        return response
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        try:
+            state = self._model(context, request.name, request.version)
+        except LabError as exc:
+            await self._abort(context, exc)
+        config = json_format.ParseDict(state.model_config(), pb.ModelConfig())
+        return pb.ModelConfigResponse(config=config)
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        try:
+            if request.name:
+                states = [self._model(context, request.name, request.version)]
+            else:
+                self._authorize(context)
+                states = list(self.server.models.values())
+        except LabError as exc:
+            await self._abort(context, exc)
+        response = pb.ModelStatisticsResponse()
+        for state in states:
+            # The same numbers as REST; ServeLab's own keys (degraded, breaker...) stay there.
+            json_format.ParseDict(
+                state.statistics(), response.model_stats.add(), ignore_unknown_fields=True
+            )
+        return response
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        try:
+            self._authorize(context)
+        except LabError as exc:
+            await self._abort(context, exc)
+        response = pb.RepositoryIndexResponse()
+        for entry in self.server.repository_index(request.ready):
+            response.models.add(**entry)
         return response
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lab.errors import LabError
+from lab.errors import InputError, LabError
 from lab.protocol import codec
 from lab.serve.core import ModelServer, ModelState
 from lab.serve.errors import PayloadTooLarge, Unauthorized, http_status
@@ -121,6 +121,18 @@ async def model_stats(request: web.Request) -> web.Response:
     return _json({"model_stats": [_model(request).statistics()]})
 
 
+async def repository_index(request: web.Request) -> web.Response:
+    ready_only = False
+    if request.can_read_body:
+        body = await request.read()
+        if body.strip():
+            try:
+                ready_only = bool(json.loads(body).get("ready", False))
+            except (ValueError, AttributeError):
+                raise InputError("the repository index body must be a JSON object") from None
+    return _json(request.app[_SERVER].repository_index(ready_only))
+
+
 def _check_body_size(size: int, limit: int) -> None:
     if limit and size > limit:
         raise PayloadTooLarge(f"request body of {size} bytes is over the limit of {limit} bytes")
@@ -171,6 +183,7 @@ def build_app(server: ModelServer, max_body_bytes: int, token: str | None) -> we
         web.get("/v2/health/ready", ready),
         web.get("/v2", server_metadata),
         web.get("/v2/models/stats", all_stats),
+        web.post("/v2/repository/index", repository_index),
     ]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [
