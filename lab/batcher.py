@@ -25,6 +25,16 @@ from lab.repository import TensorSpec
 
 Tensors = dict[str, np.ndarray]
 
+# When a batch leaves the queue:
+#   fixed_delay  full, at a preferred size, or when the oldest request has waited
+#                max_queue_delay_us (Triton's dynamic batcher; the harness's default, so the
+#                exercises' baseline keeps the numbers it was measured with)
+#   adaptive     as fixed_delay, and also at once whenever no other batch is executing: a lone
+#                request never waits, and under load the requests that queue while a batch
+#                runs form the next one (the server's default)
+FIXED_DELAY, ADAPTIVE = "fixed_delay", "adaptive"
+POLICIES = (FIXED_DELAY, ADAPTIVE)
+
 
 class QueueTimeout(ServeError):
     """A request waited in the queue longer than its timeout."""
@@ -107,17 +117,23 @@ class DynamicBatcher:
         default_timeout_s: float | None = None,
         workers: int = 1,
         execute_alone: Callable[[Tensors], Mapping[str, np.ndarray]] | None = None,
+        policy: str = FIXED_DELAY,
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError("max_batch_size must be at least 1")
         if max_queue_delay_us < 0:
             raise ConfigError("max_queue_delay_us must be >= 0")
+        if policy not in POLICIES:
+            raise ConfigError(
+                f"unknown batch policy {policy!r} (choose from {', '.join(POLICIES)})"
+            )
         if any(p < 1 or p > max_batch_size for p in preferred_batch_sizes):
             raise ConfigError("preferred batch sizes must lie between 1 and max_batch_size")
         self.execute = execute
         # With execute_alone, a batch of one request goes to it, and a merged batch that
         # fails is split: each of its requests is retried alone, so only the culprit fails.
         self.execute_alone = execute_alone
+        self.policy = policy
         self.input_specs = tuple(input_specs)
         self.max_batch_size = max_batch_size
         self.max_queue_delay_ns = max_queue_delay_us * 1000
@@ -208,8 +224,13 @@ class DynamicBatcher:
                     total += item.size
                     count += 1
                 full = total >= self.max_batch_size or count < len(self._queue)
+                # Adaptive: no other batch is executing, so waiting cannot fill this one any
+                # faster than running it; requests that arrive meanwhile form the next batch.
+                idle = self.policy == ADAPTIVE and self._inflight == 0
                 now = time.perf_counter_ns()
-                if full or total in self.preferred or now >= first_deadline or not self._running:
+                if full or idle or total in self.preferred or now >= first_deadline:
+                    break
+                if not self._running:
                     break
                 self._cond.wait((first_deadline - now) / 1e9)
                 if not self._queue:  # another worker took everything while this one waited

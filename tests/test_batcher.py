@@ -176,3 +176,35 @@ def test_a_failed_merged_batch_is_split_and_only_the_culprit_fails() -> None:
         assert futures[2].result(10).outputs["sum"].tolist() == [[6.0]]
     assert seen[0] == 3  # one merged batch first, then each request alone
     assert sorted(alone_calls) == [-1.0, 1.0, 2.0]
+
+
+def test_adaptive_policy_runs_a_lone_request_at_once_despite_a_long_delay() -> None:
+    rec = Recorder()
+    batcher = DynamicBatcher(
+        rec, [DENSE], max_batch_size=8, max_queue_delay_us=600_000_000, policy="adaptive"
+    )
+    with batcher:
+        # Under fixed_delay this would wait ten minutes; adaptive runs it while nothing else is.
+        assert batcher.submit(_request(1.0)).result(30).outputs["sum"].tolist() == [[3.0]]
+    assert rec.sizes == [1]
+
+
+def test_adaptive_policy_batches_what_queues_while_a_batch_runs() -> None:
+    gate = threading.Event()
+    rec = Recorder(gate)
+    batcher = DynamicBatcher(
+        rec, [DENSE], max_batch_size=8, max_queue_delay_us=600_000_000, policy="adaptive"
+    )
+    with batcher:
+        first = batcher.submit(_request(1.0))
+        assert rec.entered.wait(10)  # the first request runs alone, holding the worker
+        rest = [batcher.submit(_request(v)) for v in (2.0, 3.0, 4.0)]
+        gate.set()
+        assert first.result(30).batch_size == 1
+        assert [f.result(30).batch_size for f in rest] == [3, 3, 3]
+    assert rec.sizes == [1, 3]
+
+
+def test_an_unknown_batch_policy_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown batch policy 'eager'"):
+        DynamicBatcher(Recorder(), [DENSE], max_batch_size=4, policy="eager")

@@ -355,6 +355,7 @@ def merging(ranker_small: ModelHandle) -> Iterator[BackgroundServer]:
         fallback_options=poisoned,
         # A batch leaves only when it holds 5 rows (no delay can expire first): the five
         # requests below are merged into one batch whatever the timing.
+        batch_policy="fixed_delay",
         max_queue_delay_us=600_000_000,
         preferred_batch_sizes=(5,),
         export=False,

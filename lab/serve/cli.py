@@ -100,6 +100,13 @@ def register(sub: Any) -> None:
     )
     _flag(
         g,
+        "--batch-policy",
+        "adaptive: run at once when no batch is executing; fixed_delay: wait up to the delay "
+        f"(default: {_D.batch_policy})",
+        choices=("adaptive", "fixed_delay"),
+    )
+    _flag(
+        g,
         "--max-queue-size",
         f"queued requests before shedding with 503 (default: {_D.max_queue_size})",
         type=int,

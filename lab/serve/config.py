@@ -45,6 +45,9 @@ class ServeConfig:
     max_batch_size: int | None = None
     max_queue_delay_us: int | None = None
     preferred_batch_sizes: tuple[int, ...] | None = None
+    # "adaptive": a batch leaves at once when no other batch is executing (a lone request
+    # never waits); "fixed_delay": Triton's behaviour, wait up to max_queue_delay_us.
+    batch_policy: str = "adaptive"
     max_queue_size: int = 512
     batcher_workers: int = 1
     # A request's default queue timeout (0: none); a request may set its own `timeout` (us).
@@ -84,6 +87,10 @@ class ServeConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0")
+        if self.batch_policy not in ("adaptive", "fixed_delay"):
+            raise ConfigError(
+                f"batch-policy {self.batch_policy!r} is not one of adaptive, fixed_delay"
+            )
         if self.max_batch_size is not None and self.max_batch_size < 1:
             raise ConfigError("max-batch-size must be at least 1")
         if self.max_queue_delay_us is not None and self.max_queue_delay_us < 0:

@@ -227,6 +227,7 @@ class ModelState:
             default_timeout_s=config.request_timeout_s or None,
             workers=config.batcher_workers,
             execute_alone=self._execute_alone,
+            policy=config.batch_policy,
         )
         self.batcher.on_batch = self._on_batch
         self._primary_lock = threading.Lock()
