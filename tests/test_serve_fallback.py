@@ -185,6 +185,10 @@ def test_without_a_fallback_a_failing_primary_answers_500_naming_the_failure(
         assert info.value.status() == "500"  # type: ignore[attr-defined]
         assert "injected failure" in str(info.value)
         assert client.is_server_ready()
+        with urllib.request.urlopen(srv.metrics_url, timeout=30) as response:
+            text = response.read().decode()
+        labels = 'model="ranker",reason="BACKEND",version="1"'
+        assert re.search(rf"^nv_inference_request_failure{{{labels}}} 1$", text, re.M)
 
 
 def test_primary_recovers_after_a_probe_succeeds(tmp_path: Path, ranker_small: ModelHandle) -> None:

@@ -5,6 +5,7 @@ is called, no fallback or failure counter moves."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -258,3 +259,37 @@ def test_valid_requests_still_reach_the_primary(
     assert status == 200, body
     assert body["parameters"]["servelab_runner"] == "primary"
     assert _counters(ranker_server, "ranker")[0] == before[0] + 1
+
+
+# ----- metrics: Triton's failure reasons and host gauges ---------------------------------------
+def _metrics(server: BackgroundServer) -> str:
+    with urllib.request.urlopen(server.metrics_url, timeout=30) as response:
+        return str(response.read().decode())
+
+
+def _failures(text: str, reason: str) -> float:
+    labels = f'model="ranker",reason="{reason}",version="1"'
+    match = re.search(rf"^nv_inference_request_failure{{{labels}}} (\S+)$", text, re.M)
+    assert match, reason
+    return float(match.group(1))
+
+
+def test_a_bad_input_counts_as_an_other_failure_and_cpu_gauges_are_served(
+    ranker_server: BackgroundServer, ranker_small: ModelHandle
+) -> None:
+    before = _metrics(ranker_server)
+    sample = Workload(ranker_small).samples(1, stream="limits-metrics")[0]
+    sample = {k: v.copy() for k, v in sample.items()}
+    sample["dense"][0, 0] = -1.0
+    status, _ = _post_json(ranker_server, "ranker", sample)
+    assert status == 400
+    after = _metrics(ranker_server)
+    assert _failures(after, "OTHER") == _failures(before, "OTHER") + 1
+    for reason in ("REJECTED", "CANCELED", "BACKEND"):
+        assert _failures(after, reason) == _failures(before, reason)
+    utilization = re.search(r"^nv_cpu_utilization (\S+)$", after, re.M)
+    total = re.search(r"^nv_cpu_memory_total_bytes (\S+)$", after, re.M)
+    used = re.search(r"^nv_cpu_memory_used_bytes (\S+)$", after, re.M)
+    assert utilization and total and used
+    assert 0.0 <= float(utilization.group(1)) <= 1.0
+    assert 0 < int(used.group(1)) < int(total.group(1))

@@ -372,8 +372,10 @@ def test_metrics_use_triton_names_and_agree_with_statistics(
     assert _metric(text, "nv_inference_count", "ranker") == stats["inference_count"]
     queue_us = stats["inference_stats"]["queue"]["ns"] // 1000
     assert _metric(text, "nv_inference_queue_duration_us", "ranker") == queue_us
+    for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER"):  # Triton's reason label
+        labels = f'model="ranker",reason="{reason}",version="1"'
+        assert re.search(rf"^nv_inference_request_failure{{{labels}}} \d+$", text, re.M)
     for name in (
-        "nv_inference_request_failure",
         "nv_inference_request_duration_us",
         "nv_inference_compute_input_duration_us",
         "nv_inference_compute_infer_duration_us",

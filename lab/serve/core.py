@@ -45,7 +45,7 @@ from lab.runners import create_runner
 from lab.runners.base import Runner
 from lab.serve.breaker import CircuitBreaker
 from lab.serve.config import ServeConfig
-from lab.serve.errors import BatchFailed, ShuttingDown
+from lab.serve.errors import BatchFailed, ShuttingDown, failure_reason
 
 SERVER_NAME = "servelab"
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "parameters")
@@ -92,6 +92,7 @@ class ModelStats:
         self.lock = threading.Lock()
         self.success = Counter()
         self.fail = Counter()
+        self.fail_reasons: dict[str, int] = {}  # Triton's reason label -> count
         self.queue = Counter()
         self.compute_input = Counter()
         self.compute_infer = Counter()
@@ -120,9 +121,10 @@ class ModelStats:
             self.fallback_requests += int(fallback)
             self.last_inference_ms = int(time.time() * 1000)
 
-    def record_failure(self, duration_ns: int) -> None:
+    def record_failure(self, duration_ns: int, reason: str = "OTHER") -> None:
         with self.lock:
             self.fail.add(duration_ns)
+            self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
 
     def record_batch(self, size: int, split_ns: tuple[int, int, int]) -> None:
         with self.lock:
@@ -553,11 +555,18 @@ class ModelServer:
             ),
         )
 
-    def record(self, model: ModelState, received_ns: int, answer: Answer | None) -> None:
-        """Charge one finished request (answer None: it failed) to the model's statistics."""
+    def record(
+        self,
+        model: ModelState,
+        received_ns: int,
+        answer: Answer | None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Charge one finished request (answer None: it failed with `error`) to the model's
+        statistics."""
         duration = time.perf_counter_ns() - received_ns
         if answer is None:
-            model.stats.record_failure(duration)
+            model.stats.record_failure(duration, failure_reason(error))
         else:
             model.stats.record_success(
                 answer.rows, duration, answer.queue_ns, answer.split_ns, answer.route == "fallback"

@@ -22,6 +22,7 @@ __all__ = [
     "PayloadTooLarge",
     "ShuttingDown",
     "Unauthorized",
+    "failure_reason",
     "grpc_code_name",
     "http_status",
 ]
@@ -73,3 +74,21 @@ def grpc_code_name(exc: LabError) -> str:
         if isinstance(exc, cls):
             return code
     return "INTERNAL"
+
+
+def failure_reason(exc: BaseException | None) -> str:
+    """Triton's `reason` label on nv_inference_request_failure: REJECTED (queue full, queue
+    timeout, shutting down), CANCELED (the client went away), BACKEND (the model failed),
+    OTHER (bad input and everything else)."""
+    import asyncio
+
+    if isinstance(exc, (Overloaded, QueueTimeout, ShuttingDown)):
+        return "REJECTED"
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELED"
+    if isinstance(exc, RunnerError):
+        return "BACKEND"
+    return "OTHER"
+
+
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")

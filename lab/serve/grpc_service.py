@@ -149,11 +149,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     answer.parameters(),
                 )
         except LabError as exc:
-            self.server.record(state, received, None)
+            self.server.record(state, received, None, exc)
             await self._abort(context, exc)
-        except Exception:
-            self.server.record(state, received, None)
-            log.exception("unhandled error in ModelInfer")
+        except BaseException as exc:  # a bug, or the client cancelled the call
+            self.server.record(state, received, None, exc)
+            if isinstance(exc, Exception):
+                log.exception("unhandled error in ModelInfer")
             raise  # grpc answers UNKNOWN with the message; the server keeps serving
         self.server.record(state, received, answer)
         return response

@@ -20,7 +20,7 @@ from lab.errors import InputError, LabError
 from lab.protocol import codec
 from lab.serve.core import ModelServer, ModelState
 from lab.serve.errors import PayloadTooLarge, Unauthorized, http_status
-from lab.serve.metrics import CONTENT_TYPE, GpuGauges, render
+from lab.serve.metrics import CONTENT_TYPE, CpuGauges, GpuGauges, render
 
 log = logging.getLogger("lab.serve")
 
@@ -143,6 +143,7 @@ async def infer(request: web.Request) -> web.Response:
     server = request.app[_SERVER]
     state = _model(request)
     answer = None
+    error: BaseException | None = None
     try:
         with server.accepting():
             limit = request.app[_LIMIT]
@@ -160,8 +161,12 @@ async def infer(request: web.Request) -> web.Response:
             payload, json_size = codec.encode_http(
                 state.spec, decoded, answer.outputs, answer.parameters()
             )
+    except BaseException as exc:  # noted for the failure's reason label, then re-raised
+        error = exc
+        answer = None
+        raise
     finally:
-        server.record(state, received, answer)
+        server.record(state, received, answer, error)
     if json_size is None:
         return web.Response(body=payload, content_type="application/json")
     return web.Response(
@@ -199,10 +204,11 @@ def build_app(server: ModelServer, max_body_bytes: int, token: str | None) -> we
 
 def build_metrics_app(server: ModelServer, token: str | None) -> web.Application:
     gpu = GpuGauges()
+    cpu = CpuGauges()
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(
-            body=render(server, gpu).encode(), headers={"Content-Type": CONTENT_TYPE}
+            body=render(server, gpu, cpu).encode(), headers={"Content-Type": CONTENT_TYPE}
         )
 
     app = web.Application(middlewares=[_error_middleware, _auth_middleware(token)])

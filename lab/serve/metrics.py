@@ -1,11 +1,13 @@
 """Prometheus text exposition with Triton's metric names, so existing dashboards work.
 
-Triton's (labels model, version): counters nv_inference_request_success / _failure,
+Triton's (labels model, version): counters nv_inference_request_success / _failure (the
+latter also labelled reason: REJECTED, CANCELED, BACKEND, OTHER),
 nv_inference_count (inferences, i.e. batch rows), nv_inference_exec_count (batch executions),
 cumulative-microsecond counters nv_inference_request_duration_us, _queue_duration_us,
 _compute_input_duration_us, _compute_infer_duration_us, _compute_output_duration_us, and the
 gauge nv_inference_pending_request_count. GPU gauges (label gpu_uuid) appear only when NVML
-finds a GPU. Ours: servelab_batch_size (histogram of executed batch sizes),
+finds a GPU; host gauges nv_cpu_utilization, nv_cpu_memory_total_bytes / _used_bytes come
+from /proc. Ours: servelab_batch_size (histogram of executed batch sizes),
 servelab_model_degraded (1 while the fallback answers), servelab_fallback_request_count and
 servelab_primary_failure_count.
 """
@@ -13,9 +15,11 @@ servelab_primary_failure_count.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from lab.serve.core import ModelServer, ModelState
+from lab.serve.errors import FAILURE_REASONS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -95,7 +99,68 @@ class GpuGauges:
         return [util, used, total, power]
 
 
-def render(server: ModelServer, gpu: GpuGauges | None = None) -> str:
+class CpuGauges:
+    """Triton's host gauges from /proc: nv_cpu_utilization (busy share of all CPUs since the
+    previous scrape, [0.0 - 1.0]) and nv_cpu_memory_total_bytes / _used_bytes (used = total -
+    available). Absent (no lines) where /proc is not there."""
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self.proc = proc
+        self._last: tuple[int, int] | None = None  # (busy, total) jiffies at the last scrape
+
+    def _cpu_times(self) -> tuple[int, int] | None:
+        try:
+            first = (self.proc / "stat").read_text().split("\n", 1)[0].split()
+        except OSError:
+            return None
+        if not first or first[0] != "cpu":
+            return None
+        values = [int(v) for v in first[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        total = sum(values[:8])  # guest time is already counted in user / nice
+        return total - idle, total
+
+    def _memory(self) -> tuple[int, int] | None:
+        try:
+            lines = (self.proc / "meminfo").read_text().splitlines()
+        except OSError:
+            return None
+        fields = {}
+        for line in lines:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts:
+                fields[key] = int(parts[0]) * 1024  # kB
+        if "MemTotal" not in fields or "MemAvailable" not in fields:
+            return None
+        return fields["MemTotal"], fields["MemTotal"] - fields["MemAvailable"]
+
+    def families(self) -> list[_Family]:
+        families = []
+        times = self._cpu_times()
+        if times is not None:
+            busy, total = times
+            last_busy, last_total = self._last or (0, 0)
+            self._last = times
+            span = total - last_total
+            util = _Family("nv_cpu_utilization", "gauge", "CPU utilization rate [0.0 - 1.0]")
+            util.add("", (busy - last_busy) / span if span > 0 else 0.0)
+            families.append(util)
+        memory = self._memory()
+        if memory is not None:
+            total_bytes = _Family(
+                "nv_cpu_memory_total_bytes", "gauge", "CPU total memory (RAM), in bytes"
+            )
+            used_bytes = _Family(
+                "nv_cpu_memory_used_bytes", "gauge", "CPU used memory (RAM), in bytes"
+            )
+            total_bytes.add("", memory[0])
+            used_bytes.add("", memory[1])
+            families += [total_bytes, used_bytes]
+        return families
+
+
+def render(server: ModelServer, gpu: GpuGauges | None = None, cpu: CpuGauges | None = None) -> str:
     """The whole /metrics page."""
     f = {
         "success": _Family(
@@ -163,7 +228,12 @@ def render(server: ModelServer, gpu: GpuGauges | None = None) -> str:
     histogram = _Family("servelab_batch_size", "histogram", "Executed batch sizes")
     for state in server.models.values():
         _model_lines(state, f, histogram)
-    families: Iterable[_Family] = [*f.values(), histogram, *(gpu.families() if gpu else [])]
+    families: Iterable[_Family] = [
+        *f.values(),
+        histogram,
+        *(gpu.families() if gpu else []),
+        *(cpu.families() if cpu else []),
+    ]
     return "\n".join(line for fam in families for line in fam.lines) + "\n"
 
 
@@ -172,7 +242,9 @@ def _model_lines(state: ModelState, f: dict[str, _Family], histogram: _Family) -
     stats = state.stats
     with stats.lock:
         f["success"].add(labels, stats.success.count)
-        f["failure"].add(labels, stats.fail.count)
+        for reason in FAILURE_REASONS:  # Triton's reason label, every reason even at 0
+            reason_labels = _labels(model=state.name, reason=reason, version=state.spec.version)
+            f["failure"].add(reason_labels, stats.fail_reasons.get(reason, 0))
         f["count"].add(labels, stats.inference_count)
         f["exec"].add(labels, stats.execution_count)
         f["request_us"].add(labels, (stats.success.ns + stats.fail.ns) // 1000)
