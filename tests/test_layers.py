@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, int] = {
     "lab": 0,
     "lab.errors": 0,
+    "lab.limits": 0,
     "lab.repository": 1,
     "lab.weights": 1,
     "lab.workload": 1,
