@@ -87,15 +87,30 @@ def start(cmd: list[str]) -> tuple[subprocess.Popen[str], int]:
     return proc, int(match.group(1))
 
 
-def c1_throughput(port: int, model: str, samples: list[dict[str, np.ndarray]]) -> float:
-    client = LowLoad(port, model)
+def c1_paired(
+    ports: dict[str, int], model: str, samples: list[dict[str, np.ndarray]], block: int
+) -> tuple[dict[str, float], float]:
+    """One client, one request at a time, alternating short blocks between the two servers
+    (the order flips every pair) so that drifts in machine speed hit both alike. Returns each
+    side's requests/s and the median over block pairs of (plain time / our time)."""
+    clients = {name: LowLoad(port, model) for name, port in ports.items()}
+    spent = dict.fromkeys(ports, 0.0)
+    pair_ratios = []
     try:
-        start_s = time.perf_counter()
-        for sample in samples:
-            client(sample)
-        return len(samples) / (time.perf_counter() - start_s)
+        for n, first in enumerate(range(0, len(samples), block)):
+            chunk = samples[first : first + block]
+            times = {}
+            for name in sorted(ports, reverse=bool(n % 2)):
+                start_s = time.perf_counter()
+                for sample in chunk:
+                    clients[name](sample)
+                times[name] = time.perf_counter() - start_s
+                spent[name] += times[name]
+            pair_ratios.append(times["plain"] / times["ours"])
     finally:
-        client.close()
+        for client in clients.values():
+            client.close()
+    return {name: len(samples) / t for name, t in spent.items()}, statistics.median(pair_ratios)
 
 
 async def mixed_saturation(
@@ -134,6 +149,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--singles", type=int, default=200, help="requests per c=1 pass")
     parser.add_argument("--batches", type=int, default=4, help="full batches per saturated pass")
+    parser.add_argument("--block", type=int, default=10, help="requests per c=1 block")
     parser.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_server:
@@ -170,20 +186,20 @@ def main() -> int:
     raw: dict[str, list[float]] = {}
     concurrency = 2 * max_batch
     try:
-        c1_throughput(our_port, args.model, samples[:20])  # warm-up
-        c1_throughput(their_port, args.model, samples[:20])
+        ports = {"ours": our_port, "plain": their_port}
+        c1_paired(ports, args.model, samples[:20], 10)  # warm-up
         asyncio.run(mixed_saturation(our_port, args.model, good_bodies[:max_batch], concurrency))
         for r in range(args.rounds):
-            singles = samples[: args.singles]
-            pair = [("ours", our_port), ("plain", their_port)]
-            c1 = {
-                name: c1_throughput(port, args.model, singles)
-                for name, port in pair[:: 1 - 2 * (r % 2)]
-            }
+            c1, c1_ratio = c1_paired(ports, args.model, samples[: args.singles], args.block)
             offline_tp = offline(runner, batches)
-            clean = asyncio.run(mixed_saturation(our_port, args.model, good_bodies, concurrency))
-            mixed = asyncio.run(mixed_saturation(our_port, args.model, mixed_bodies, concurrency))
-            ratios["c1_vs_no_batching"].append(c1["ours"] / c1["plain"])
+            passes = {"clean": good_bodies, "mixed": mixed_bodies}
+            got = {}
+            for name in sorted(passes, reverse=bool(r % 2)):  # the order flips every round
+                got[name] = asyncio.run(
+                    mixed_saturation(our_port, args.model, passes[name], concurrency)
+                )
+            clean, mixed = got["clean"], got["mixed"]
+            ratios["c1_vs_no_batching"].append(c1_ratio)
             ratios["saturated_vs_offline"].append(clean / offline_tp)
             ratios["good_with_5pct_bad"].append(mixed / clean)
             for key, value in (
