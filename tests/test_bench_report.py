@@ -172,9 +172,13 @@ def test_compare_flags_a_real_difference_and_orients_ratios(ranker_report: dict[
     a = _quiet(ranker_report)
     comparison = compare_reports([a, _doctored(a, 2.0)], ["a", "slow"])
     assert comparison.verdict().startswith("differs beyond noise")
+    assert "single-stream latency_p90_ms: a is better than slow, 2.00x [" in comparison.verdict()
     p90 = next(r for r in comparison.rows if r.name == "latency_p90_ms")
     assert p90.ratios[1] == pytest.approx(0.5)  # < 1: worse than the first report
     assert p90.within_noise[1] is False
+    (decision,) = [d for d in comparison.decisions() if d.metric == "latency_p90_ms"]
+    assert decision.better == "a" and decision.factor == pytest.approx(2.0)
+    assert decision.interval is not None and decision.interval[0] <= 2.0 <= decision.interval[1]
     markdown = render_markdown(comparison)
     assert markdown.index("Correctness and validity") < markdown.index("## Metrics")
     assert "<table>" in render_html(comparison)
@@ -208,6 +212,52 @@ def test_compare_puts_validity_first_and_warns_about_environments(
     assert "b: other processes used 0.90 CPU cores on average during single-stream" in text
     assert "b: measured peak FLOP/s is 0.50x that of a" in text
     assert "other processes" not in " | ".join(compare_reports([a, a], ["a", "a2"]).warnings)
+
+
+def test_compare_refuses_different_models_unless_forced(
+    ranker_report: dict[str, Any], tmp_path: Path, capsys
+) -> None:
+    ranker = _quiet(ranker_report)
+    encoder = copy.deepcopy(ranker)
+    encoder["model"]["name"] = "encoder"
+    paths = [tmp_path / "ranker.json", tmp_path / "encoder.json"]
+    for path, report in zip(paths, (ranker, encoder)):
+        path.write_text(json.dumps(report))
+    assert main(["compare", *map(str, paths)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "refusing to compare different workloads" in err
+    assert "encoder is encoder small fp32" in err and "--force" in err
+    assert main(["compare", *map(str, paths), "--force"]) == 0
+    assert "different workload (forced)" in capsys.readouterr().out
+
+
+def test_compare_lists_configuration_differences_that_change_results(
+    ranker_report: dict[str, Any],
+) -> None:
+    a = _quiet(ranker_report)
+    b = copy.deepcopy(a)
+    b["config"]["batching"]["max_queue_delay_us"] = 0
+    b["targets"]["candidate"]["max_queue_delay_us"] = 0
+    b["config"]["report"]["output"] = "elsewhere"  # where a report goes changes nothing
+    differences = compare_reports([a, b], ["a", "b"]).differences
+    assert "b: batching.max_queue_delay_us = 0 (vs default in a)" in differences
+    assert any(
+        d.startswith("b: effective batcher max_queue_delay_us = 0 (vs ") for d in differences
+    )
+    assert not any("output" in d for d in differences)
+    assert "## Configuration differences" in render_markdown(compare_reports([a, b], ["a", "b"]))
+
+
+def test_compare_does_not_blame_the_machine_for_ceilings_of_another_framework(
+    ranker_report: dict[str, Any],
+) -> None:
+    a = _quiet(ranker_report)
+    b = copy.deepcopy(a)
+    b["roofline"]["ceilings"]["framework"] = "torch"
+    b["roofline"]["ceilings"]["peak_bytes_per_s"] *= 1.85
+    text = " | ".join(compare_reports([a, b], ["a", "b"]).warnings)
+    assert "the machine (or its load) differed" not in text
+    assert "b: ceilings measured with torch on cpu" in text and "not compared" in text
 
 
 def test_bench_and_compare_commands(ranker_small: ModelHandle, tmp_path: Path, capsys) -> None:

@@ -68,8 +68,10 @@ def register(sub: Any) -> None:
     compare = sub.add_parser(
         "compare",
         help="put bench reports side by side",
-        description="Compare bench reports: validity first, then metrics with their "
-        "direction, intervals and a within-noise flag, then each report's own baseline ratio.",
+        description="Compare bench reports: validity first, then which report is better on "
+        "each primary metric (ratio, interval, beyond noise or not), the configuration and "
+        "environment differences, every metric, then each report's own baseline ratio. "
+        "Reports of different models, sizes or precisions are refused unless --force.",
     )
     compare.add_argument(
         "reports", nargs="+", help="bench report JSON files (the first is the reference)"
@@ -83,6 +85,11 @@ def register(sub: Any) -> None:
         type=float,
         default=0.10,
         help="relative difference treated as noise even when intervals do not overlap (default 0.10)",
+    )
+    compare.add_argument(
+        "--force",
+        action="store_true",
+        help="compare reports of different models, sizes or precisions (refused otherwise)",
     )
     compare.set_defaults(func=compare_command)
 
@@ -197,7 +204,7 @@ def compare_command(args: argparse.Namespace) -> int:
 
     if args.noise_floor < 0:
         raise ConfigError("--noise-floor must be >= 0")
-    comparison = load_and_compare(args.reports, args.noise_floor)
+    comparison = load_and_compare(args.reports, args.noise_floor, args.force)
     markdown = render_markdown(comparison)
     if args.output:
         Path(args.output).write_text(markdown)
