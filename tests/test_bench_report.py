@@ -14,6 +14,7 @@ import pytest
 from lab.bench.compare import compare_reports, render_html, render_markdown
 from lab.bench.config import BenchConfig, parse_concurrency
 from lab.bench.histogram import LatencyHistogram
+from lab.bench.provenance import provenance, sha256_files
 from lab.bench.render import latency_cdf_plot, qps_plot, summary_table
 from lab.bench.report import SCHEMA_VERSION, check_report, jsonable, load_report, write_reports
 from lab.bench.run import run_bench
@@ -260,6 +261,28 @@ def test_compare_does_not_blame_the_machine_for_ceilings_of_another_framework(
     assert "b: ceilings measured with torch on cpu" in text and "not compared" in text
 
 
+def test_untracked_plugin_marks_the_report_dirty_and_records_its_hash(tmp_path: Path) -> None:
+    plugin = tmp_path / "my_runner.py"
+    plugin.write_text("from lab.runners.onnxruntime import OnnxRuntimeRunner as Mine\n")
+    settings = tmp_path / "settings.toml"
+    settings.write_text("duration_s = 1.0\n")
+    block = provenance(
+        {"candidate": f"{plugin}:Mine", "baseline": "onnxruntime"},
+        ["servelab", "bench", "--config", str(settings)],
+        str(settings),
+    )
+    source = block["runners"]["candidate"]
+    assert source["kind"] == "file" and source["committed"] is not True
+    assert source["sha256"] == sha256_files([plugin.resolve()], tmp_path.resolve())
+    assert any(f"{plugin.resolve()} is not committed" in r for r in block["dirty_reasons"])
+    assert block["runners"]["baseline"]["kind"] == "builtin"
+    assert block["settings_file"]["content"] == "duration_s = 1.0\n"
+    assert block["command"][-1] == str(settings)
+    plugin.write_text("from lab.runners.onnxruntime import OnnxRuntimeRunner as Mine  # v2\n")
+    changed = provenance({"candidate": f"{plugin}:Mine"})["runners"]["candidate"]["sha256"]
+    assert changed != source["sha256"]
+
+
 def test_bench_and_compare_commands(ranker_small: ModelHandle, tmp_path: Path, capsys) -> None:
     plugin = tmp_path / "my_runner.py"
     plugin.write_text(
@@ -287,6 +310,11 @@ def test_bench_and_compare_commands(ranker_small: ModelHandle, tmp_path: Path, c
     assert report["targets"]["candidate"]["runner"]["isolation"] == "process"
     assert report["isolation"]["mode"] == "process" and report["isolation"]["worker"]["pid"]
     assert report["name"] == "cli"
+    assert report["provenance"]["command"] == ["servelab", *args]
+    assert report["provenance"]["runners"]["candidate"]["sha256"] == sha256_files(
+        [plugin.resolve()], tmp_path.resolve()
+    )
+    assert report["environment"]["git"]["dirty"] is True  # the plugin is not committed
     latest = str(tmp_path / "reports" / "latest.json")
     assert main(["compare", latest, latest, "--html", str(tmp_path / "c.html")]) == 0
     out = capsys.readouterr().out

@@ -153,7 +153,15 @@ def bench_command(args: argparse.Namespace) -> int:
     with Progress(enabled=not args.no_progress) as progress:
         if config.main_job:
             handle, runner, extra = prepare_main_job(config, progress)
-        report = run_bench(config, progress, handle=handle, runner=runner, extra=extra)
+        report = run_bench(
+            config,
+            progress,
+            handle=handle,
+            runner=runner,
+            extra=extra,
+            command=getattr(args, "argv", None),
+            config_path=args.config,
+        )
     paths = write_reports(report, config.report.output, html=config.report.html)
     print(summary_table(report))
     print()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -111,12 +112,25 @@ def _environment_lines(report: dict[str, Any]) -> list[str]:
     git = env["git"]
     libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items())
     commit = (git.get("commit") or "unknown")[:12]
-    return [
+    prov = report.get("provenance") or {}
+    dirty = "; ".join(prov.get("dirty_reasons") or []) or "dirty tree"
+    lines = [f"- command: `{shlex.join(prov['command'])}`"] if prov.get("command") else []
+    for role, source in (prov.get("runners") or {}).items():
+        lines.append(
+            f"- {role} runner source: {source['kind']} {source.get('path') or source['spec']}, "
+            f"sha256 {(source.get('sha256') or '-')[:16]}"
+        )
+    if prov.get("settings_file"):
+        lines.append(
+            f"- settings file: {prov['settings_file']['path']} "
+            f"(sha256 {prov['settings_file']['sha256'][:16]}; content in the JSON)"
+        )
+    return lines + [
         f"- CPU: {env['cpu']['model']} ({env['cpu']['logical_cores']} logical cores)",
         f"- GPU: {gpu_text}"
         + (f" (driver {env['gpu']['driver']})" if "driver" in env["gpu"] else ""),
         f"- libraries: {libs}",
-        f"- git: {commit}{' (dirty tree)' if git.get('dirty') else ''}",
+        f"- git: {commit}{f' ({dirty})' if git.get('dirty') else ''}",
         f"- model: {model['name']} {model['size']} {model['precision']}, onnx sha256 "
         f"{(model.get('onnx_sha256') or '-')[:16]}, weights sha256 "
         f"{(model.get('weights_sha256') or '-')[:16]}, seed {model['seed']} "
