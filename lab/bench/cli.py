@@ -11,6 +11,7 @@ from typing import Any
 
 from lab.bench.config import MAIN_JOB_SCENARIOS, BenchConfig, FindPeakConfig, flat_settings
 from lab.bench.flags import add_config_flags, given_settings
+from lab.bench.paths import check_output_file, check_output_folder
 from lab.cliargs import add_model_args, add_runner_args
 from lab.errors import CheckFailed, ConfigError
 
@@ -148,6 +149,7 @@ def bench_command(args: argparse.Namespace) -> int:
     from lab.bench.run import run_bench
 
     config = config_from_args(args)
+    check_output_folder(config.report.output)  # before any measuring, not after it
     extra: dict[str, Any] = {}
     handle = runner = None
     with Progress(enabled=not args.no_progress) as progress:
@@ -175,7 +177,7 @@ def prepare_main_job(config: BenchConfig, progress: Any) -> tuple[Any, Any, dict
     from lab.export import ensure_exported
     from lab.isolation import make_runner
     from lab.repository import ModelRepository
-    from lab.verify import verify_runner
+    from lab.verify import precision_hint, verify_runner
 
     handle = ModelRepository(config.model_repository).handle(
         config.model, config.size, config.precision
@@ -200,9 +202,11 @@ def prepare_main_job(config: BenchConfig, progress: Any) -> tuple[Any, Any, dict
     if not result.passed:
         runner.close()
         print(result.summary(), file=sys.stderr)
+        hint = precision_hint(config.runner_options, handle.precision)
         raise CheckFailed(
             f"verify failed for runner {config.runner} on {handle.name} {handle.size}: "
             f"{result.failures[0] if result.failures else 'see above'}"
+            + (f" ({hint})" if hint else "")
         )
     return handle, runner, {"verify": result.to_dict()}
 
@@ -212,6 +216,9 @@ def compare_command(args: argparse.Namespace) -> int:
 
     if args.noise_floor < 0:
         raise ConfigError("--noise-floor must be >= 0")
+    for path, flag in ((args.output, "--output"), (args.html, "--html")):
+        if path:
+            check_output_file(path, flag)
     comparison = load_and_compare(args.reports, args.noise_floor, args.force)
     markdown = render_markdown(comparison)
     if args.output:
