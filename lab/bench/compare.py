@@ -284,7 +284,9 @@ def tables(comparison: Comparison) -> dict[str, list[list[str]]]:
             s = scenario.get("speedup")
             if not s:
                 continue
-            word = "faster" if s["faster"] else "slower" if s["slower"] else "within noise"
+            word = "faster" if s["faster"] else "slower" if s["slower"] else "no difference"
+            if "noise_floor" in s:
+                word += f" (noise floor {s['noise_floor']:.0%})"
             speedups.append(
                 [
                     f"{name} (baseline {baseline})",

@@ -55,6 +55,8 @@ def scenario_rows(report: dict[str, Any]) -> list[list[str]]:
         speed_text = "-"
         if speed:
             speed_text = f"{fmt(speed['ratio'])}x [{fmt(speed['ci'][0])}, {fmt(speed['ci'][1])}]"
+            if speed.get("within_noise"):
+                speed_text = f"no difference ({speed_text})"
         audit_text = "-" if audit is None else ("pass" if audit["passed"] else "FAIL")
         return [
             label,
@@ -70,15 +72,24 @@ def scenario_rows(report: dict[str, Any]) -> list[list[str]]:
             speed_text,
         ]
 
+    def baseline_row(label: str, baseline: dict[str, Any]) -> list[str]:
+        """The baseline's own figures, measured in the same run (not audited)."""
+        cells = row(f"{label} (baseline {report['config'].get('baseline')})", baseline, None)
+        return cells[:-1] + ["1x (reference)"]
+
     for s in report["scenarios"]:
         if s["scenario"] == "sweep":
             for level in s["levels"]:
                 rows.append(row(f"sweep c={level['concurrency']}", level, level.get("audit")))
+                if level.get("baseline"):
+                    rows.append(baseline_row(f"sweep c={level['concurrency']}", level["baseline"]))
             continue
         label = s["scenario"]
         if s.get("target_qps") is not None:
             label += f" @ {fmt(s['target_qps'])} qps"
         rows.append(row(label, s, s.get("audit")))
+        if s.get("baseline"):
+            rows.append(baseline_row(label, s["baseline"]))
     return rows
 
 
