@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import lab.bench.run
+from lab.bench.config import BenchConfig
 from lab.bench.paths import check_output_file, check_output_folder
+from lab.bench.run import run_bench
+from lab.bench.selftest import NoopRunner, SyntheticWorkload, synthetic_handle
 from lab.cli import main
 from lab.errors import ConfigError
 from lab.runners import create_runner
@@ -67,3 +73,35 @@ def test_fp16_runner_options_hint_at_fp16_tolerances() -> None:
     assert precision_hint({"fp16": True}, "fp32") is not None
     assert precision_hint({"dtype": "fp16"}, "fp16") is None
     assert precision_hint({"dtype": "fp32"}, "fp32") is None
+
+
+def test_an_absurd_qps_fails_at_once_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["bench", "--model", "ranker", "--scenario", "server", "--qps", "1000000"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "qps 1e+06 is beyond what the load generator can issue" in err
+    with pytest.raises(ConfigError, match="plans more than 4,000,000 arrivals"):
+        BenchConfig.of(scenarios=["server"], qps=50_000.0, duration_s=600.0)
+
+
+class SlowRunner(NoopRunner):
+    """At most one sample per 2 ms: about 500 qps."""
+
+    def infer_impl(self, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        time.sleep(0.002)
+        return super().infer_impl(inputs)
+
+
+def test_a_server_run_that_cannot_keep_up_aborts_early_and_is_invalid() -> None:
+    handle = synthetic_handle(max_batch_size=1, slo_ms=10.0)
+    config = BenchConfig.of(
+        model="synthetic", runner="slow", scenarios=["server"], qps=4000.0, duration_s=5.0,
+        min_queries=10, warmup_queries=4, audit=False, replay_check=False, roofline=False,
+        telemetry=False, max_queue_delay_us=0,
+    )  # fmt: skip
+    report = run_bench(config, handle=handle, workload=SyntheticWorkload(), runner=SlowRunner())
+    (server,) = report["scenarios"]
+    assert not report["verdict"]["valid"]
+    (reason,) = [r for r in server["validity"]["reasons"] if "aborted after" in r]
+    assert "missed the 10 ms SLO, so p99 cannot meet it" in reason
+    assert server["queries"] < 4000 * 5.0 / 4  # stopped long before the schedule's end
