@@ -123,6 +123,25 @@ def test_markdown_html_and_summary_show_verdicts_and_plots(ranker_report: dict[s
     assert "verdict:" in table and "sweep c=2" in table
 
 
+def test_headline_comes_first_with_each_rule_and_the_primary_metric_beside_its_slo(
+    ranker_report: dict[str, Any],
+) -> None:
+    from lab.bench.render import render_html as report_html
+    from lab.bench.render import render_markdown as report_markdown
+
+    report = jsonable(ranker_report)
+    table = summary_table(report)
+    assert table.startswith("verdict: ")
+    assert "single-stream: latency_p90_ms " in table and "(SLO 60 ms on server p99)" in table
+    assert "satisfied: min duration " in table and "p90 claim " in table
+    assert "server: latency_p99_ms" in table and "p99 within SLO " in table
+    assert "replay check (caching) satisfied: yes" in table
+    markdown = report_markdown(report)
+    assert markdown.index("## Headline") < markdown.index("## Results")
+    page = report_html(report)
+    assert page.index('class="headline"') < page.index("<table")
+
+
 def _quiet(report: dict[str, Any]) -> dict[str, Any]:
     """A VALID copy measured as if nothing else ran.
 

@@ -169,6 +169,8 @@ def bench_command(args: argparse.Namespace) -> int:
     print()
     for path in paths.values():
         print(f"wrote {path}")
+    if ".html" in paths:
+        print(f"open {paths['.html'].resolve().as_uri()} in a browser for the plots")
     return 0 if report["verdict"]["valid"] else 1
 
 

@@ -105,11 +105,12 @@ def summary_table(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    from lab.bench.headline import headline_lines  # it formats with this module's fmt
+
+    lines = headline_lines(report) + [""] + lines
     v = report["verdict"]
-    lines.append("")
-    lines.append(f"verdict: {'VALID' if v['valid'] else 'INVALID'}")
-    for reason in v["reasons"]:
-        lines.append(f"  - {reason}")
+    if v["reasons"]:
+        lines += ["", "reasons:"] + [f"  - {reason}" for reason in v["reasons"]]
     if any(cell.startswith("(") for r in rows[1:] for cell in r[4:7]):  # p50, p90, p99
         lines.append("(p values in parentheses were measured on too few queries to be claimed)")
     return "\n".join(lines)
@@ -172,8 +173,15 @@ def _isolation_lines(report: dict[str, Any]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     v = report["verdict"]
     config = report["config"]
+    from lab.bench.headline import headline_lines
+
     lines = [
         f"# ServeLab bench: {report['name']}",
+        "",
+        "## Headline",
+        "",
+        *[f"- {line.strip()}" for line in headline_lines(report)],
+        "- plots: the .html file next to this one",
         "",
         f"**{'VALID' if v['valid'] else 'INVALID'}** — audit "
         f"{_yes_no(v['audit_passed'], 'passed', 'FAILED')}, replay check "
@@ -467,9 +475,15 @@ def page(title: str, body: str) -> str:
 def render_html(report: dict[str, Any]) -> str:
     v = report["verdict"]
     status = "VALID" if v["valid"] else "INVALID"
+    from lab.bench.headline import headline_lines
+
+    headline = headline_lines(report)
     parts = [
         f"<h1>ServeLab bench: {html.escape(report['name'])}</h1>",
         f'<p class="{status.lower()}">{status}</p>',
+        '<ul class="headline">'
+        + "".join(f"<li>{html.escape(line.strip())}</li>" for line in headline[1:])
+        + "</ul>",
     ]
     if v["reasons"]:
         parts.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in v["reasons"]) + "</ul>")
