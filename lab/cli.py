@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = ["servelab", *(sys.argv[1:] if argv is None else argv)]  # for provenance
+    if hasattr(args, "argv"):  # commands that record their command line (bench) declare it
+        args.argv = ["servelab", *(sys.argv[1:] if argv is None else argv)]
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

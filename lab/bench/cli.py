@@ -64,7 +64,7 @@ def register(sub: Any) -> None:
     add_model_args(bench)
     add_runner_args(bench)
     add_bench_args(bench)
-    bench.set_defaults(func=bench_command)
+    bench.set_defaults(func=bench_command, argv=None)  # lab.cli fills argv: provenance
 
     compare = sub.add_parser(
         "compare",
