@@ -105,3 +105,11 @@ def test_a_server_run_that_cannot_keep_up_aborts_early_and_is_invalid() -> None:
     (reason,) = [r for r in server["validity"]["reasons"] if "aborted after" in r]
     assert "missed the 10 ms SLO, so p99 cannot meet it" in reason
     assert server["queries"] < 4000 * 5.0 / 4  # stopped long before the schedule's end
+
+
+def test_a_misspelt_flag_gets_a_did_you_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--qsp", "5"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "servelab: error: unrecognized arguments: --qsp 5 (did you mean --qps?)\n"
