@@ -466,3 +466,8 @@ def test_find_peak_brackets_a_known_capacity() -> None:
     assert result["find_peak"]["final_attempts"]
     assert result["queries"] >= 700  # the confirming run can claim p99
     assert validate(jsonable(report)) == []
+    from lab.bench.render import find_peak_lines
+
+    explained = "\n".join(find_peak_lines(jsonable(result)))
+    assert "| search step |" in explained and "| confirming run |" in explained
+    assert "exceeds the SLO of 40 ms" in explained and "met every rule" in explained

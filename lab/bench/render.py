@@ -116,6 +116,61 @@ def summary_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _first_reason(entry: dict[str, Any]) -> str:
+    reasons = entry.get("reasons") or []
+    if entry.get("valid"):
+        return "met every rule"
+    return "; ".join(reasons) if reasons else "INVALID"
+
+
+def find_peak_lines(s: dict[str, Any]) -> list[str]:
+    """find-peak explained: every search step and every confirming run with its reason."""
+    search = s["find_peak"]
+    peak, low = s.get("peak_qps"), search["lower_qps"]
+    lines = [
+        "## find-peak",
+        "",
+        f"Peak: **{fmt(peak)} qps**. The search ran {len(search['steps'])} steps of "
+        f"{fmt(search['step_s'])} s and bracketed the peak between {fmt(low)} (highest "
+        f"VALID step) and {fmt(search['upper_qps'])} qps (lowest INVALID step); full-length "
+        "server runs then confirm it, stepping down after each failure.",
+        "",
+        _markdown_table(
+            [["search step", "qps", "valid", "queries", "p50 ms", "p99 ms", "why"]]
+            + [
+                [
+                    str(n),
+                    fmt(t["qps"]),
+                    fmt(t["valid"]),
+                    fmt(t["queries"]),
+                    fmt(t["p50_ms"]),
+                    fmt(t["p99_ms"]),
+                    _first_reason(t),
+                ]  # fmt: skip
+                for n, t in enumerate(search["steps"], 1)
+            ]
+        ),
+        "",
+        _markdown_table(
+            [["confirming run", "qps", "valid", "why"]]
+            + [
+                [str(n), fmt(a["qps"]), fmt(a["valid"]), _first_reason(a)]
+                for n, a in enumerate(search.get("final_attempts", []), 1)
+            ]
+        ),
+        "",
+    ]
+    if peak is not None and low and peak < 0.8 * low:
+        lines += [
+            f"The confirmed peak is {peak / low:.0%} of the search's bracket: the "
+            f"{fmt(search['step_s'])} s steps were too short to see a queue that keeps "
+            "growing over a full-length run (a longer --find-peak-step-s brings them closer).",
+            "",
+        ]
+    lines += [f"Warning: {w}" for w in s["validity"].get("warnings", [])]
+    return lines + ([""] if s["validity"].get("warnings") else [])
+
+
 def _environment_lines(report: dict[str, Any]) -> list[str]:
     env = report["environment"]
     model = report["model"]
@@ -204,29 +259,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append("")
     for s in report["scenarios"]:
         if s["scenario"] == "find-peak":
-            search = s["find_peak"]
-            lines += [
-                "## find-peak",
-                "",
-                f"Peak: **{fmt(s.get('peak_qps'))} qps** (search bracket "
-                f"{fmt(search['lower_qps'])} .. {fmt(search['upper_qps'])}, "
-                f"{len(search['steps'])} steps of {fmt(search['step_s'])} s).",
-                "",
-                _markdown_table(
-                    [["qps", "valid", "queries", "p50 ms", "p99 ms"]]
-                    + [
-                        [
-                            fmt(t["qps"]),
-                            fmt(t["valid"]),
-                            fmt(t["queries"]),
-                            fmt(t["p50_ms"]),
-                            fmt(t["p99_ms"]),
-                        ]  # fmt: skip
-                        for t in search["steps"]
-                    ]
-                ),
-                "",
-            ]
+            lines += find_peak_lines(s)
     roofline = report.get("roofline", {})
     lines += ["## Roofline", ""]
     if "skipped" in roofline:
