@@ -113,6 +113,7 @@ def test_markdown_html_and_summary_show_verdicts_and_plots(ranker_report: dict[s
     assert "| single-stream |" in markdown and "## Roofline" in markdown
     page = report_html(jsonable(ranker_report))
     assert page.count("<svg") >= 3  # CDF, QPS vs p99, throughput vs concurrency
+    assert "<pre>" not in page and "<h3>Roofline</h3>" in page  # details as HTML, not text
     assert "<script" not in page and "http://" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', ""
     )
@@ -140,6 +141,19 @@ def test_headline_comes_first_with_each_rule_and_the_primary_metric_beside_its_s
     assert markdown.index("## Headline") < markdown.index("## Results")
     page = report_html(report)
     assert page.index('class="headline"') < page.index("<table")
+
+
+def test_report_markdown_becomes_html_tables_lists_and_paragraphs() -> None:
+    from lab.bench.markdown_html import markdown_to_html
+
+    converted = markdown_to_html(
+        "## Roofline\n\n- work: **3** <MFLOP>\n- `x`\n\n| a | b |\n|---|---|\n| 1 | 2 |\ntext"
+    )
+    assert converted == (
+        "<h2>Roofline</h2>\n<ul><li>work: <strong>3</strong> &lt;MFLOP&gt;</li>"
+        "<li><code>x</code></li></ul>\n<table><thead><tr><th>a</th><th>b</th></tr></thead>"
+        "<tbody><tr><td>1</td><td>2</td></tr></tbody></table>\n<p>text</p>"
+    )
 
 
 def _quiet(report: dict[str, Any]) -> dict[str, Any]:

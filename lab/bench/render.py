@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import shlex
 from collections.abc import Sequence
 from typing import Any
@@ -525,6 +526,11 @@ def render_html(report: dict[str, Any]) -> str:
     for plot in (qps_plot(report), concurrency_plot(report)):
         if plot:
             parts.append(plot)
+    from lab.bench.markdown_html import markdown_to_html
+
     markdown = render_markdown(report)
-    parts.append("<h2>Details</h2><pre>" + html.escape(markdown) + "</pre>")
+    # Everything after the title and the headline (shown above), one heading level down.
+    start = markdown.find("\n\n", markdown.find("## Headline\n\n") + len("## Headline\n\n"))
+    details = re.sub(r"^## ", "### ", markdown[start:], flags=re.MULTILINE)
+    parts.append("<h2>Details</h2>" + markdown_to_html(details))
     return page(f"ServeLab bench {report['name']}", "\n".join(parts))
