@@ -15,7 +15,7 @@ from lab.bench.compare import compare_reports, render_html, render_markdown
 from lab.bench.config import BenchConfig, parse_concurrency
 from lab.bench.histogram import LatencyHistogram
 from lab.bench.provenance import provenance, sha256_files
-from lab.bench.render import latency_cdf_plot, qps_plot, summary_table
+from lab.bench.render import latency_cdf_plots, qps_plot, summary_table
 from lab.bench.report import SCHEMA_VERSION, check_report, jsonable, load_report, write_reports
 from lab.bench.run import run_bench
 from lab.bench.schema import report_schema, validate
@@ -112,12 +112,16 @@ def test_markdown_html_and_summary_show_verdicts_and_plots(ranker_report: dict[s
     markdown = report_markdown(jsonable(ranker_report))
     assert "| single-stream |" in markdown and "## Roofline" in markdown
     page = report_html(jsonable(ranker_report))
-    assert page.count("<svg") >= 3  # CDF, QPS vs p99, throughput vs concurrency
+    assert page.count("<svg") >= 6  # 4 CDFs, QPS vs p99, throughput vs concurrency
     assert "<pre>" not in page and "<h3>Roofline</h3>" in page  # details as HTML, not text
     assert "<script" not in page and "http://" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', ""
     )
-    ET.fromstring(latency_cdf_plot(jsonable(ranker_report)))  # well-formed SVG
+    cdfs = latency_cdf_plots(jsonable(ranker_report))
+    assert len(cdfs) == 4  # one per scenario: seconds and milliseconds never share an axis
+    for cdf in cdfs:
+        ET.fromstring(cdf)  # well-formed SVG
+    assert "single-stream: latency CDF" in cdfs[0] and ">p90<" in cdfs[0] and "SLO 60 ms" in cdfs[0]
     plot = qps_plot(jsonable(ranker_report))
     assert plot is not None and "SLO 60 ms" in plot
     table = summary_table(jsonable(ranker_report))

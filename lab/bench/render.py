@@ -332,12 +332,14 @@ def svg_plot(
     width: int = 640,
     height: int = 320,
     y_cap: float | None = None,
+    vlines: Sequence[tuple[float, str]] = (),
 ) -> str:
     """A line plot as an inline <svg> element; with `y_cap`, larger values are drawn at
-    the top edge (and the title says so)."""
+    the top edge (and the title says so); `vlines` are labelled vertical marks."""
     left, right, top, bottom = 64, 16, 28, 44
     points = [p for _, pts in series for p in pts]
     xs = [x for x, _ in points if not log_x or x > 0]
+    xs += [x for x, _ in vlines if xs and (not log_x or x > 0)]
     ys = [y for _, y in points]
     if hline is not None:
         ys.append(hline[0])
@@ -400,6 +402,15 @@ def svg_plot(
             f'stroke="#000" stroke-dasharray="6 4"/>'
             f'<text x="{left + plot_w - 4}" y="{py(y) - 4:.1f}" text-anchor="end">{html.escape(label)}</text>'
         )
+    for n, (x, label) in enumerate(vlines):
+        if log_x and x <= 0:
+            continue
+        parts.append(
+            f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{top}" y2="{top + plot_h}" '
+            f'stroke="#555" stroke-dasharray="3 3"/>'
+            f'<text x="{px(x) + 3:.1f}" y="{top + plot_h - 6 - 12 * (n % 4)}">'
+            f"{html.escape(label)}</text>"
+        )
     for i, (name, pts) in enumerate(series):
         color = COLORS[i % len(COLORS)]
         usable = [(x, y) for x, y in pts if not log_x or x > 0]
@@ -419,21 +430,38 @@ def svg_plot(
     return "".join(parts)
 
 
-def latency_cdf_plot(report: dict[str, Any]) -> str:
-    series = []
+def latency_cdf_plots(report: dict[str, Any]) -> list[str]:
+    """One latency CDF per scenario (a sweep's levels share one), on a log axis, with the
+    p50/p90/p99 of each curve and the SLO marked: offline's seconds and single-stream's
+    milliseconds never share an axis."""
+    plots = []
+    slo = report.get("slo_ms")
     for s in report["scenarios"]:
         entries = s["levels"] if s["scenario"] == "sweep" else [s]
+        series, marks = [], []
         for entry in entries:
             if not entry.get("histogram") or not entry["histogram"]["count"]:
                 continue
             hist = LatencyHistogram.from_dict(entry["histogram"])
-            label = s["scenario"]
-            if "concurrency" in entry:
-                label += f" c={entry['concurrency']}"
+            label = s["scenario"] if "concurrency" not in entry else f"c={entry['concurrency']}"
             series.append((label, [(ns / 1e6, c) for ns, c in hist.cdf(200)]))
-    return svg_plot(
-        series, "latency (ms, log scale)", "fraction of queries", "Latency CDF", log_x=True
-    )
+            if len(entries) == 1:
+                marks += [(hist.percentile_ns(q) / 1e6, f"p{q:g}") for q in (50.0, 90.0, 99.0)]
+        if not series:
+            continue
+        if slo:
+            marks.append((float(slo), f"SLO {fmt(slo)} ms"))
+        plots.append(
+            svg_plot(
+                series,
+                "latency (ms, log scale)",
+                "fraction of queries",
+                f"{s['scenario']}: latency CDF",
+                log_x=True,
+                vlines=marks,
+            )
+        )
+    return plots
 
 
 def qps_plot(report: dict[str, Any]) -> str | None:
@@ -522,7 +550,7 @@ def render_html(report: dict[str, Any]) -> str:
     if v["reasons"]:
         parts.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in v["reasons"]) + "</ul>")
     parts.append(_html_table(scenario_rows(report)))
-    parts.append(latency_cdf_plot(report))
+    parts += latency_cdf_plots(report)
     for plot in (qps_plot(report), concurrency_plot(report)):
         if plot:
             parts.append(plot)
