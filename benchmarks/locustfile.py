@@ -31,6 +31,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 import numpy as np
 from locust import FastHttpUser, constant, events, task
 from locust.runners import MasterRunner
@@ -82,6 +83,10 @@ def _on_init(environment: Any, **_: Any) -> None:
     global POOL
     if not isinstance(environment.runner, MasterRunner):  # the master sends nothing
         POOL = build_pool()
+        # Building the pool blocks the event loop for seconds (references through PyTorch)
+        # and gevent's loop keeps the time of its last iteration: without this refresh the
+        # `-t` timer, started right after init, counts the build and can expire at once.
+        gevent.get_hub().loop.update_now()
 
 
 class InferUser(FastHttpUser):

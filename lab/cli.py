@@ -7,6 +7,7 @@ User errors (LabError) print one line and exit with their code (1 = check/SLO fa
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 from collections.abc import Sequence
@@ -25,7 +26,20 @@ COMMAND_MODULES = (
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"servelab: error: {message}\n")
+        self.exit(2, f"servelab: error: {message}{self._did_you_mean(message)}\n")
+
+    def _did_you_mean(self, message: str) -> str:
+        """For an unknown flag, the closest known ones (this parser's and its commands')."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = set(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for parser in action.choices.values():
+                    known.update(parser._option_string_actions)
+        unknown = [a.split("=")[0] for a in message.split(":", 1)[1].split() if a.startswith("--")]
+        close = [m for a in unknown for m in difflib.get_close_matches(a, sorted(known), 1)]
+        return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "argv"):  # commands that record their command line (bench) declare it
+        args.argv = ["servelab", *(sys.argv[1:] if argv is None else argv)]
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

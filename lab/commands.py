@@ -148,7 +148,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from lab.export import ensure_exported
-    from lab.verify import verify_runner
+    from lab.runners import parse_options
+    from lab.verify import precision_hint, verify_runner
 
     handle = model_from_args(args)
     ensure_exported(handle)
@@ -167,6 +168,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(result.summary())
     if not result:
         failed = [c.label for c in result.checks if not c.result.passed]
-        print(f"servelab: verify failed: {'; '.join(failed)}", file=sys.stderr)
+        hint = precision_hint(parse_options(args.runner_option), handle.precision)
+        print(
+            f"servelab: verify failed: {'; '.join(failed)}" + (f" ({hint})" if hint else ""),
+            file=sys.stderr,
+        )
         return CheckFailed.exit_code
     return 0

@@ -30,8 +30,27 @@ from lab.workload import Workload
 
 MIXED_BATCH_SIZE = 8
 FRESH_SAMPLES = 16
+REDUCED = ("fp16", "bf16", "half")  # option values that mean reduced-precision arithmetic
 
 Sample = dict[str, np.ndarray]
+
+
+def precision_hint(options: dict[str, Any], precision: str) -> str | None:
+    """A hint when runner options ask for reduced precision but the tolerances are fp32's."""
+    if precision != "fp32":
+        return None
+    reduced = [
+        f"{key}={value}"
+        for key, value in options.items()
+        if (isinstance(value, str) and value.lower() in REDUCED)
+        or (key.lower() in REDUCED and value is True)
+    ]
+    if not reduced:
+        return None
+    return (
+        f"hint: {', '.join(reduced)} computes in reduced precision but the outputs were checked "
+        f"against fp32 tolerances; add --precision fp16 to check against fp16 tolerances"
+    )
 
 
 def run_samples(

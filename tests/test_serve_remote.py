@@ -182,6 +182,7 @@ def run_locust(url: str, json_path: Path) -> tuple[int, int, int]:
             sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locustfile.py"),
             "--headless", "-u", "4", "-r", "4", "-t", "4s", "--host", url,
             "--only-summary", "--json-file", str(json_path), "--exit-code-on-error", "1",
+            "--stop-timeout", "60",  # requests in flight at the time limit finish and count
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
         env={**os.environ, "SERVELAB_MODEL": "ranker", "SERVELAB_SAMPLES": "16"},

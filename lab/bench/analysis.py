@@ -348,7 +348,22 @@ def summarize(
                 f"the load generator issued late: p99 issue lag "
                 f"{np.percentile(lag, 99) / 1e6:.2f} ms (latency still counts from the schedule)"
             )
-    result["validity"] = {"valid": not reasons, "reasons": reasons, "warnings": warnings}
+    met = {
+        "min duration": duration_s >= rules.min_duration_s,
+        "min queries": counted >= rules.min_queries,
+        "no failed queries": not pooled.failed,
+    }
+    if claim is not None and rules.require_claim:
+        met[f"{pkey(claim)} claim"] = hist.count >= MIN_QUERIES_FOR_PERCENTILE[claim]
+    if scenario == "server" and rules.slo_ms is not None and hist.count:
+        met["p99 within SLO"] = hist.percentile_ns(99.0) / 1e6 <= rules.slo_ms
+    met["stable"] = not unstable
+    result["validity"] = {
+        "valid": not reasons,
+        "reasons": reasons,
+        "warnings": warnings,
+        "rules": met,
+    }
     return result
 
 

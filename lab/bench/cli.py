@@ -11,6 +11,7 @@ from typing import Any
 
 from lab.bench.config import MAIN_JOB_SCENARIOS, BenchConfig, FindPeakConfig, flat_settings
 from lab.bench.flags import add_config_flags, given_settings
+from lab.bench.paths import check_output_file, check_output_folder
 from lab.cliargs import add_model_args, add_runner_args
 from lab.errors import CheckFailed, ConfigError
 
@@ -63,13 +64,15 @@ def register(sub: Any) -> None:
     add_model_args(bench)
     add_runner_args(bench)
     add_bench_args(bench)
-    bench.set_defaults(func=bench_command)
+    bench.set_defaults(func=bench_command, argv=None)  # lab.cli fills argv: provenance
 
     compare = sub.add_parser(
         "compare",
         help="put bench reports side by side",
-        description="Compare bench reports: validity first, then metrics with their "
-        "direction, intervals and a within-noise flag, then each report's own baseline ratio.",
+        description="Compare bench reports: validity first, then which report is better on "
+        "each primary metric (ratio, interval, beyond noise or not), the configuration and "
+        "environment differences, every metric, then each report's own baseline ratio. "
+        "Reports of different models, sizes or precisions are refused unless --force.",
     )
     compare.add_argument(
         "reports", nargs="+", help="bench report JSON files (the first is the reference)"
@@ -83,6 +86,11 @@ def register(sub: Any) -> None:
         type=float,
         default=0.10,
         help="relative difference treated as noise even when intervals do not overlap (default 0.10)",
+    )
+    compare.add_argument(
+        "--force",
+        action="store_true",
+        help="compare reports of different models, sizes or precisions (refused otherwise)",
     )
     compare.set_defaults(func=compare_command)
 
@@ -141,17 +149,28 @@ def bench_command(args: argparse.Namespace) -> int:
     from lab.bench.run import run_bench
 
     config = config_from_args(args)
+    check_output_folder(config.report.output)  # before any measuring, not after it
     extra: dict[str, Any] = {}
     handle = runner = None
     with Progress(enabled=not args.no_progress) as progress:
         if config.main_job:
             handle, runner, extra = prepare_main_job(config, progress)
-        report = run_bench(config, progress, handle=handle, runner=runner, extra=extra)
+        report = run_bench(
+            config,
+            progress,
+            handle=handle,
+            runner=runner,
+            extra=extra,
+            command=getattr(args, "argv", None),
+            config_path=args.config,
+        )
     paths = write_reports(report, config.report.output, html=config.report.html)
     print(summary_table(report))
     print()
     for path in paths.values():
         print(f"wrote {path}")
+    if ".html" in paths:
+        print(f"open {paths['.html'].resolve().as_uri()} in a browser for the plots")
     return 0 if report["verdict"]["valid"] else 1
 
 
@@ -160,7 +179,7 @@ def prepare_main_job(config: BenchConfig, progress: Any) -> tuple[Any, Any, dict
     from lab.export import ensure_exported
     from lab.isolation import make_runner
     from lab.repository import ModelRepository
-    from lab.verify import verify_runner
+    from lab.verify import precision_hint, verify_runner
 
     handle = ModelRepository(config.model_repository).handle(
         config.model, config.size, config.precision
@@ -185,9 +204,11 @@ def prepare_main_job(config: BenchConfig, progress: Any) -> tuple[Any, Any, dict
     if not result.passed:
         runner.close()
         print(result.summary(), file=sys.stderr)
+        hint = precision_hint(config.runner_options, handle.precision)
         raise CheckFailed(
             f"verify failed for runner {config.runner} on {handle.name} {handle.size}: "
             f"{result.failures[0] if result.failures else 'see above'}"
+            + (f" ({hint})" if hint else "")
         )
     return handle, runner, {"verify": result.to_dict()}
 
@@ -197,7 +218,10 @@ def compare_command(args: argparse.Namespace) -> int:
 
     if args.noise_floor < 0:
         raise ConfigError("--noise-floor must be >= 0")
-    comparison = load_and_compare(args.reports, args.noise_floor)
+    for path, flag in ((args.output, "--output"), (args.html, "--html")):
+        if path:
+            check_output_file(path, flag)
+    comparison = load_and_compare(args.reports, args.noise_floor, args.force)
     markdown = render_markdown(comparison)
     if args.output:
         Path(args.output).write_text(markdown)

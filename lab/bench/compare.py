@@ -1,11 +1,13 @@
 """`servelab compare A.json B.json ...`: reports side by side.
 
+Reports of different models, sizes or precisions are refused (exit 2) unless --force.
 Order of the output: correctness and validity first (a fast invalid run is not a result),
-then environment warnings (different CPU, GPU, driver, model or weights hash, libraries,
-seed, dirty tree), then every metric with its declared direction, its 95% interval, the
-ratio against the first report (oriented so that > 1 is better) and a "within noise" flag,
-then each report's speed-up against its own same-run baseline, which is the number to
-compare across machines.
+then the decision (for each primary metric: which report is better, by what ratio, its
+interval, beyond noise or not), then the configuration differences that change results and
+the environment differences (lab.bench.differences), then every metric with its declared
+direction, its 95% interval, the ratio against the first report (oriented so that > 1 is
+better) and a "within noise" flag, then each report's speed-up against its own same-run
+baseline, which is the number to compare across machines.
 
 Within noise: the two 95% intervals overlap, or the difference is below the noise floor
 (default 10%, perf_analyzer's stability criterion). Bootstrap intervals only see the noise
@@ -20,12 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.bench.differences import (
+    check_comparable,
+    configuration_differences,
+    environment_warnings,
+)
 from lab.bench.render import _html_table, _markdown_table, fmt, page
 from lab.bench.report import load_report
 
 NOISE_FLOOR = 0.10
-BUSY_CORES = 0.25  # other processes' mean CPU above which a run was not on a quiet machine
-CEILING_DRIFT = 0.15  # ceilings measured at run start that differ more than this
 
 
 @dataclass
@@ -37,7 +42,30 @@ class MetricRow:
     primary: bool
     values: list[dict[str, Any] | None]  # per report: the metric entry or None
     ratios: list[float | None] = field(default_factory=list)  # vs report 0, > 1 better
+    ratio_cis: list[tuple[float, float] | None] = field(default_factory=list)
     within_noise: list[bool | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One primary metric, report 0 against one other report."""
+
+    scenario: str
+    metric: str
+    better: str  # the better report's name (by the point estimate)
+    worse: str
+    factor: float  # how much better, >= 1
+    interval: tuple[float, float] | None  # of `factor`, from the two 95% intervals
+    beyond_noise: bool
+
+    def text(self) -> str:
+        ci = "" if self.interval is None else f" [{self.interval[0]:.2f}, {self.interval[1]:.2f}]"
+        if not self.beyond_noise:
+            return f"{self.scenario} {self.metric}: no difference beyond noise ({self.factor:.2f}x{ci})"
+        return (
+            f"{self.scenario} {self.metric}: {self.better} is better than {self.worse}, "
+            f"{self.factor:.2f}x{ci}"
+        )
 
 
 @dataclass
@@ -47,6 +75,30 @@ class Comparison:
     warnings: list[str]
     rows: list[MetricRow]
     noise_floor: float
+    differences: list[str] = field(default_factory=list)  # configuration that changes results
+
+    def decisions(self) -> list[Decision]:
+        found = []
+        for row in self.rows:
+            if not row.primary:
+                continue
+            for i in range(1, len(self.names)):
+                ratio, ci, same = row.ratios[i], row.ratio_cis[i], row.within_noise[i]
+                if ratio is None or same is None:
+                    continue
+                flipped = ratio < 1
+                found.append(
+                    Decision(
+                        row.scenario,
+                        row.name,
+                        self.names[0] if flipped else self.names[i],
+                        self.names[i] if flipped else self.names[0],
+                        1 / ratio if flipped else ratio,
+                        None if ci is None else ((1 / ci[1], 1 / ci[0]) if flipped else ci),
+                        not same,
+                    )
+                )
+        return found
 
     @property
     def all_valid(self) -> bool:
@@ -74,16 +126,10 @@ class Comparison:
                     missing
                 )
             return "within noise: every primary metric agrees with the first report"
-        differing = sorted(
-            {
-                f"{row.scenario} {row.name}"
-                for row in self.rows
-                if row.primary and any(f is False for f in row.within_noise[1:])
-            }
-        )
+        differing = [d.text() for d in self.decisions() if d.beyond_noise]
         if not differing:
             return "no primary metric appears in more than one report"
-        return f"differs beyond noise: {', '.join(differing)}"
+        return f"differs beyond noise: {'; '.join(differing)}"
 
 
 def _interval(entry: dict[str, Any]) -> tuple[float, float] | None:
@@ -112,64 +158,26 @@ def _ratio(first: dict[str, Any], other: dict[str, Any], direction: str) -> floa
     return float(b) / float(a) if direction == "higher" else float(a) / float(b)
 
 
-def environment_warnings(reports: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
-    """What differs between report 0 and each other report that could explain a difference."""
-
-    def facts(r: dict[str, Any]) -> dict[str, Any]:
-        env, model = r["environment"], r["model"]
-        gpu = env["gpu"].get("gpu")
-        gpus = gpu if isinstance(gpu, str) else ", ".join(d["name"] for d in gpu)
-        libs = env["libraries"]
-        return {
-            "CPU": env["cpu"]["model"],
-            "logical cores": env["cpu"]["logical_cores"],
-            "GPU": gpus,
-            "GPU driver": env["gpu"].get("driver"),
-            "model": f"{model['name']} {model['size']} {model['precision']}",
-            "model hash (onnx sha256)": model.get("onnx_sha256"),
-            "weights hash": model.get("weights_sha256"),
-            "seed": model.get("seed"),
-            "onnxruntime": libs.get("onnxruntime"),
-            "torch": libs.get("torch"),
-            "numpy": libs.get("numpy"),
-            "runner": r["config"]["runner"],
-            "target": r["config"]["target"],
-        }
-
-    warnings: list[str] = []
-    base = facts(reports[0])
-    for name, report in zip(names[1:], reports[1:]):
-        other = facts(report)
-        for key, value in base.items():
-            if other[key] != value:
-                warnings.append(f"{name}: different {key}: {other[key]} (vs {value} in {names[0]})")
-    for name, report in zip(names, reports):
-        for scenario in report["scenarios"]:
-            usage = scenario.get("telemetry") or {}
-            others = usage.get("other_processes_cpu_cores_mean")
-            if others is not None and others > BUSY_CORES:
-                warnings.append(
-                    f"{name}: other processes used {others:.2f} CPU cores on average during "
-                    f"{scenario['scenario']}: the machine was not quiet"
-                )
-        ceilings = (report.get("roofline") or {}).get("ceilings")
-        first = (reports[0].get("roofline") or {}).get("ceilings")
-        if ceilings and first and report is not reports[0]:
-            for key, label in (("peak_flops_per_s", "FLOP/s"), ("peak_bytes_per_s", "bandwidth")):
-                ratio = ceilings[key] / first[key] if first[key] else 1.0
-                if abs(ratio - 1) > CEILING_DRIFT:
-                    warnings.append(
-                        f"{name}: measured peak {label} is {ratio:.2f}x that of {names[0]}: "
-                        "the machine (or its load) differed"
-                    )
-        if report["environment"]["git"].get("dirty"):
-            warnings.append(f"{name}: measured from a dirty git tree (uncommitted changes)")
-    return warnings
+def _ratio_interval(
+    first: dict[str, Any], other: dict[str, Any], direction: str
+) -> tuple[float, float] | None:
+    """The ratio's range over both 95% intervals (conservative), oriented like `_ratio`."""
+    ia, ib = _interval(first), _interval(other)
+    if ia is None or ib is None or min(ia[0], ib[0]) <= 0:
+        return None
+    if direction == "higher":
+        return ib[0] / ia[1], ib[1] / ia[0]
+    return ia[0] / ib[1], ia[1] / ib[0]
 
 
 def compare_reports(
-    reports: Sequence[dict[str, Any]], names: Sequence[str], noise_floor: float = NOISE_FLOOR
+    reports: Sequence[dict[str, Any]],
+    names: Sequence[str],
+    noise_floor: float = NOISE_FLOOR,
+    force: bool = False,
 ) -> Comparison:
+    """Raises ConfigError for different models, sizes or precisions unless `force`."""
+    forced = check_comparable(reports, names, force)
     rows: dict[tuple[str, str], MetricRow] = {}
     for i, report in enumerate(reports):
         seen_scenarios: dict[str, int] = {}
@@ -195,23 +203,28 @@ def compare_reports(
         for value in row.values:
             if first is None or value is None:
                 row.ratios.append(None)
+                row.ratio_cis.append(None)
                 row.within_noise.append(None)
                 continue
             row.ratios.append(_ratio(first, value, row.direction))
+            row.ratio_cis.append(_ratio_interval(first, value, row.direction))
             row.within_noise.append(same_within_noise(first, value, noise_floor))
     return Comparison(
         list(names),
         list(reports),
-        environment_warnings(reports, names),
+        forced + environment_warnings(reports, names),
         list(rows.values()),
         noise_floor,
+        configuration_differences(reports, names),
     )
 
 
-def load_and_compare(paths: Sequence[Path | str], noise_floor: float = NOISE_FLOOR) -> Comparison:
+def load_and_compare(
+    paths: Sequence[Path | str], noise_floor: float = NOISE_FLOOR, force: bool = False
+) -> Comparison:
     reports = [load_report(p) for p in paths]
     names = _short_names([Path(p) for p in paths])
-    return compare_reports(reports, names, noise_floor)
+    return compare_reports(reports, names, noise_floor, force)
 
 
 def _short_names(paths: Sequence[Path]) -> list[str]:
@@ -271,7 +284,9 @@ def tables(comparison: Comparison) -> dict[str, list[list[str]]]:
             s = scenario.get("speedup")
             if not s:
                 continue
-            word = "faster" if s["faster"] else "slower" if s["slower"] else "within noise"
+            word = "faster" if s["faster"] else "slower" if s["slower"] else "no difference"
+            if "noise_floor" in s:
+                word += f" (noise floor {s['noise_floor']:.0%})"
             speedups.append(
                 [
                     f"{name} (baseline {baseline})",
@@ -282,7 +297,28 @@ def tables(comparison: Comparison) -> dict[str, list[list[str]]]:
                     word,
                 ]
             )
-    return {"validity": validity, "metrics": metrics, "speedups": speedups}
+    decision = [
+        ["scenario", "primary metric", "better", "worse", "by", "95% interval", "beyond noise"]
+    ]
+    for d in comparison.decisions():
+        ci = "-" if d.interval is None else f"[{d.interval[0]:.2f}, {d.interval[1]:.2f}]"
+        decision.append(
+            [
+                d.scenario,
+                d.metric,
+                d.better if d.beyond_noise else "no difference",
+                d.worse if d.beyond_noise else "-",
+                f"{d.factor:.2f}x",
+                ci,
+                "yes" if d.beyond_noise else "no",
+            ]
+        )
+    return {
+        "validity": validity,
+        "decision": decision,
+        "metrics": metrics,
+        "speedups": speedups,
+    }
 
 
 def render_markdown(comparison: Comparison) -> str:
@@ -297,6 +333,11 @@ def render_markdown(comparison: Comparison) -> str:
         _markdown_table(t["validity"]),
         "",
     ]
+    if len(t["decision"]) > 1:
+        lines += ["## Decision (primary metrics)", "", _markdown_table(t["decision"]), ""]
+    if comparison.differences:
+        lines += ["## Configuration differences (they change results)", ""]
+        lines += [f"- {d}" for d in comparison.differences] + [""]
     if comparison.warnings:
         lines += ["## Environment warnings", ""] + [f"- {w}" for w in comparison.warnings] + [""]
     lines += [
@@ -328,6 +369,12 @@ def render_html(comparison: Comparison) -> str:
         "<h2>Correctness and validity</h2>",
         _html_table(t["validity"]),
     ]
+    if len(t["decision"]) > 1:
+        parts += ["<h2>Decision (primary metrics)</h2>", _html_table(t["decision"])]
+    if comparison.differences:
+        parts.append("<h2>Configuration differences (they change results)</h2><ul>")
+        parts += [f"<li>{html.escape(d)}</li>" for d in comparison.differences]
+        parts.append("</ul>")
     if comparison.warnings:
         parts.append("<h2>Environment warnings</h2><ul>")
         parts += [f"<li>{html.escape(w)}</li>" for w in comparison.warnings]

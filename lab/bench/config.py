@@ -19,6 +19,10 @@ from lab.errors import ConfigError
 from lab.isolation import ISOLATION_MODES, LOAD_TIMEOUT_S, WORKER_TIMEOUT_S
 
 MAIN_JOB_SCENARIOS = ("single-stream", "find-peak", "offline")
+# One Python issuing thread cannot issue faster than this: a higher --qps measures the load
+# generator, not the target, and its schedule alone would take gigabytes.
+MAX_QPS = 100_000.0
+MAX_OPEN_LOOP_QUERIES = 4_000_000  # a server run's planned arrivals (bounded memory)
 
 
 def setting(
@@ -211,6 +215,16 @@ class BenchConfig:
             raise ConfigError("min-queries must be >= 1 and warmup-queries >= 0")
         if self.qps is not None and self.qps <= 0:
             raise ConfigError(f"qps must be positive, got {self.qps}")
+        if self.qps is not None and self.qps > MAX_QPS:
+            raise ConfigError(
+                f"qps {self.qps:g} is beyond what the load generator can issue (at most "
+                f"{MAX_QPS:,.0f} qps from one process): use find-peak to search for the peak"
+            )
+        if self.qps is not None and self.qps * self.duration_s * 1.5 > MAX_OPEN_LOOP_QUERIES:
+            raise ConfigError(
+                f"qps {self.qps:g} for {self.duration_s:g} s plans more than "
+                f"{MAX_OPEN_LOOP_QUERIES:,} arrivals: shorten --duration-s"
+            )
         if "server" in self.scenarios and self.qps is None:
             raise ConfigError("the server scenario needs --qps (or use find-peak to search for it)")
         if self.stability_tolerance <= 0:

@@ -15,6 +15,7 @@ the moment the previous one in its stream completed.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import itertools
 import sys
@@ -142,6 +143,7 @@ class Segment:
     outputs: dict[int, Tensors] = field(default_factory=dict)  # query index -> outputs
     sample_ids: list[tuple[int, ...]] = field(default_factory=list)
     concurrency: int = 0
+    aborted: str | None = None  # why issuing stopped before the schedule's end
 
     @property
     def queries(self) -> int:
@@ -326,6 +328,7 @@ def run_open_loop(
     timeout_s: float = 60.0,
     lead_ns: int = 2_000_000,
     give_up_after_s: float | None = None,
+    slo_ns: int | None = None,
 ) -> Segment:
     """Issue `queries[i]` at `t0 + offsets_ns[i]` from this thread (offline: all offsets 0).
 
@@ -333,7 +336,12 @@ def run_open_loop(
     actual submit time is recorded so the report can show the load generator's own lag.
     After the last issue it waits for the answers until none has come for `timeout_s` (a
     burst served slowly but steadily completes, a stalled target fails), and at most
-    `give_up_after_s` when given; queries still unanswered then are failures."""
+    `give_up_after_s` when given; queries still unanswered then are failures.
+
+    With `slo_ns`, issuing stops early once more than 1% of the planned queries certainly
+    miss the SLO (issued that late, or still unanswered that long after their arrival):
+    p99 cannot meet it any more, and a target that cannot keep up would otherwise queue
+    without bound. The segment's `aborted` says so."""
     if len(offsets_ns) != len(queries):
         raise ConfigError("an open-loop run needs one arrival time per query")
     recorder = _Recorder(keep_outputs)
@@ -346,21 +354,26 @@ def run_open_loop(
     sys.setswitchinterval(min(previous, SWITCH_INTERVAL_S))
     collecting = gc.isenabled()
     gc.disable()
+    aborted: str | None = None
     try:
         t0 = time.perf_counter_ns() + lead_ns
         scheduled = (t0 + np.asarray(offsets_ns, dtype=np.int64)).tolist()
         issued: list[int] = []
         append = issued.append
+        watch = SloWatch(scheduled, recorder, slo_ns) if slo_ns is not None else None
         for index, (query, when) in enumerate(zip(queries, scheduled)):
             if time.perf_counter_ns() < when:
                 wait_until(when)
             append(_issue(target, recorder, index, query, when))
+            if watch is not None and watch.hopeless(index, issued[-1]):
+                aborted = watch.reason(index + 1)
+                break
     finally:
         sys.setswitchinterval(previous)
         if collecting:
             gc.enable()
-    last = scheduled[-1] if scheduled else t0
-    return _segment(
+    last = scheduled[len(issued) - 1] if issued else t0
+    segment = _segment(
         "open",
         t0,
         queries,
@@ -371,6 +384,40 @@ def run_open_loop(
         end_ns=last,
         give_up_after_s=give_up_after_s,
     )
+    segment.aborted = aborted
+    return segment
+
+
+class SloWatch:
+    """Counts queries that certainly miss the SLO while an open-loop run issues."""
+
+    EVERY = 16  # issues between checks of the unanswered queries
+
+    def __init__(self, scheduled: list[int], recorder: _Recorder, slo_ns: int) -> None:
+        self.scheduled = scheduled
+        self.recorder = recorder
+        self.slo_ns = slo_ns
+        self.allowed = len(scheduled) // 100  # p99 survives at most 1% misses
+        self.late_at_issue = 0
+        self.misses = 0
+
+    def hopeless(self, index: int, issued_ns: int) -> bool:
+        if issued_ns - self.scheduled[index] > self.slo_ns:
+            self.late_at_issue += 1
+        if index % self.EVERY == 0:
+            # Queries that arrived more than an SLO ago, less all answers so far: a lower
+            # bound on those still unanswered past the SLO.
+            older = bisect.bisect_left(self.scheduled, issued_ns - self.slo_ns, 0, index + 1)
+            self.misses = max(self.misses, older - len(self.recorder.records))
+        return max(self.late_at_issue, self.misses) > self.allowed
+
+    def reason(self, issued: int) -> str:
+        return (
+            f"aborted after {issued} of {len(self.scheduled)} planned queries: more than 1% "
+            f"of them ({max(self.late_at_issue, self.misses)}) already missed the "
+            f"{self.slo_ns / 1e6:g} ms SLO, so p99 cannot meet it; the target (or the load "
+            "generator) cannot keep up with this qps"
+        )
 
 
 def run_closed_loop(

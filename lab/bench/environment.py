@@ -53,7 +53,7 @@ def git_state(root: Path) -> dict[str, Any]:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain")  # untracked files count: a plugin may be one
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 

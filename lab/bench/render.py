@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import html
 import math
+import re
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +56,8 @@ def scenario_rows(report: dict[str, Any]) -> list[list[str]]:
         speed_text = "-"
         if speed:
             speed_text = f"{fmt(speed['ratio'])}x [{fmt(speed['ci'][0])}, {fmt(speed['ci'][1])}]"
+            if speed.get("within_noise"):
+                speed_text = f"no difference ({speed_text})"
         audit_text = "-" if audit is None else ("pass" if audit["passed"] else "FAIL")
         return [
             label,
@@ -69,15 +73,24 @@ def scenario_rows(report: dict[str, Any]) -> list[list[str]]:
             speed_text,
         ]
 
+    def baseline_row(label: str, baseline: dict[str, Any]) -> list[str]:
+        """The baseline's own figures, measured in the same run (not audited)."""
+        cells = row(f"{label} (baseline {report['config'].get('baseline')})", baseline, None)
+        return cells[:-1] + ["1x (reference)"]
+
     for s in report["scenarios"]:
         if s["scenario"] == "sweep":
             for level in s["levels"]:
                 rows.append(row(f"sweep c={level['concurrency']}", level, level.get("audit")))
+                if level.get("baseline"):
+                    rows.append(baseline_row(f"sweep c={level['concurrency']}", level["baseline"]))
             continue
         label = s["scenario"]
         if s.get("target_qps") is not None:
             label += f" @ {fmt(s['target_qps'])} qps"
         rows.append(row(label, s, s.get("audit")))
+        if s.get("baseline"):
+            rows.append(baseline_row(label, s["baseline"]))
     return rows
 
 
@@ -93,14 +106,70 @@ def summary_table(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    from lab.bench.headline import headline_lines  # it formats with this module's fmt
+
+    lines = headline_lines(report) + [""] + lines
     v = report["verdict"]
-    lines.append("")
-    lines.append(f"verdict: {'VALID' if v['valid'] else 'INVALID'}")
-    for reason in v["reasons"]:
-        lines.append(f"  - {reason}")
+    if v["reasons"]:
+        lines += ["", "reasons:"] + [f"  - {reason}" for reason in v["reasons"]]
     if any(cell.startswith("(") for r in rows[1:] for cell in r[4:7]):  # p50, p90, p99
         lines.append("(p values in parentheses were measured on too few queries to be claimed)")
     return "\n".join(lines)
+
+
+def _first_reason(entry: dict[str, Any]) -> str:
+    reasons = entry.get("reasons") or []
+    if entry.get("valid"):
+        return "met every rule"
+    return "; ".join(reasons) if reasons else "INVALID"
+
+
+def find_peak_lines(s: dict[str, Any]) -> list[str]:
+    """find-peak explained: every search step and every confirming run with its reason."""
+    search = s["find_peak"]
+    peak, low = s.get("peak_qps"), search["lower_qps"]
+    lines = [
+        "## find-peak",
+        "",
+        f"Peak: **{fmt(peak)} qps**. The search ran {len(search['steps'])} steps of "
+        f"{fmt(search['step_s'])} s and bracketed the peak between {fmt(low)} (highest "
+        f"VALID step) and {fmt(search['upper_qps'])} qps (lowest INVALID step); full-length "
+        "server runs then confirm it, stepping down after each failure.",
+        "",
+        _markdown_table(
+            [["search step", "qps", "valid", "queries", "p50 ms", "p99 ms", "why"]]
+            + [
+                [
+                    str(n),
+                    fmt(t["qps"]),
+                    fmt(t["valid"]),
+                    fmt(t["queries"]),
+                    fmt(t["p50_ms"]),
+                    fmt(t["p99_ms"]),
+                    _first_reason(t),
+                ]  # fmt: skip
+                for n, t in enumerate(search["steps"], 1)
+            ]
+        ),
+        "",
+        _markdown_table(
+            [["confirming run", "qps", "valid", "why"]]
+            + [
+                [str(n), fmt(a["qps"]), fmt(a["valid"]), _first_reason(a)]
+                for n, a in enumerate(search.get("final_attempts", []), 1)
+            ]
+        ),
+        "",
+    ]
+    if peak is not None and low and peak < 0.8 * low:
+        lines += [
+            f"The confirmed peak is {peak / low:.0%} of the search's bracket: the "
+            f"{fmt(search['step_s'])} s steps were too short to see a queue that keeps "
+            "growing over a full-length run (a longer --find-peak-step-s brings them closer).",
+            "",
+        ]
+    lines += [f"Warning: {w}" for w in s["validity"].get("warnings", [])]
+    return lines + ([""] if s["validity"].get("warnings") else [])
 
 
 def _environment_lines(report: dict[str, Any]) -> list[str]:
@@ -111,12 +180,25 @@ def _environment_lines(report: dict[str, Any]) -> list[str]:
     git = env["git"]
     libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items())
     commit = (git.get("commit") or "unknown")[:12]
-    return [
+    prov = report.get("provenance") or {}
+    dirty = "; ".join(prov.get("dirty_reasons") or []) or "dirty tree"
+    lines = [f"- command: `{shlex.join(prov['command'])}`"] if prov.get("command") else []
+    for role, source in (prov.get("runners") or {}).items():
+        lines.append(
+            f"- {role} runner source: {source['kind']} {source.get('path') or source['spec']}, "
+            f"sha256 {(source.get('sha256') or '-')[:16]}"
+        )
+    if prov.get("settings_file"):
+        lines.append(
+            f"- settings file: {prov['settings_file']['path']} "
+            f"(sha256 {prov['settings_file']['sha256'][:16]}; content in the JSON)"
+        )
+    return lines + [
         f"- CPU: {env['cpu']['model']} ({env['cpu']['logical_cores']} logical cores)",
         f"- GPU: {gpu_text}"
         + (f" (driver {env['gpu']['driver']})" if "driver" in env["gpu"] else ""),
         f"- libraries: {libs}",
-        f"- git: {commit}{' (dirty tree)' if git.get('dirty') else ''}",
+        f"- git: {commit}{f' ({dirty})' if git.get('dirty') else ''}",
         f"- model: {model['name']} {model['size']} {model['precision']}, onnx sha256 "
         f"{(model.get('onnx_sha256') or '-')[:16]}, weights sha256 "
         f"{(model.get('weights_sha256') or '-')[:16]}, seed {model['seed']} "
@@ -147,8 +229,15 @@ def _isolation_lines(report: dict[str, Any]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     v = report["verdict"]
     config = report["config"]
+    from lab.bench.headline import headline_lines
+
     lines = [
         f"# ServeLab bench: {report['name']}",
+        "",
+        "## Headline",
+        "",
+        *[f"- {line.strip()}" for line in headline_lines(report)],
+        "- plots: the .html file next to this one",
         "",
         f"**{'VALID' if v['valid'] else 'INVALID'}** — audit "
         f"{_yes_no(v['audit_passed'], 'passed', 'FAILED')}, replay check "
@@ -171,29 +260,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append("")
     for s in report["scenarios"]:
         if s["scenario"] == "find-peak":
-            search = s["find_peak"]
-            lines += [
-                "## find-peak",
-                "",
-                f"Peak: **{fmt(s.get('peak_qps'))} qps** (search bracket "
-                f"{fmt(search['lower_qps'])} .. {fmt(search['upper_qps'])}, "
-                f"{len(search['steps'])} steps of {fmt(search['step_s'])} s).",
-                "",
-                _markdown_table(
-                    [["qps", "valid", "queries", "p50 ms", "p99 ms"]]
-                    + [
-                        [
-                            fmt(t["qps"]),
-                            fmt(t["valid"]),
-                            fmt(t["queries"]),
-                            fmt(t["p50_ms"]),
-                            fmt(t["p99_ms"]),
-                        ]  # fmt: skip
-                        for t in search["steps"]
-                    ]
-                ),
-                "",
-            ]
+            lines += find_peak_lines(s)
     roofline = report.get("roofline", {})
     lines += ["## Roofline", ""]
     if "skipped" in roofline:
@@ -265,12 +332,14 @@ def svg_plot(
     width: int = 640,
     height: int = 320,
     y_cap: float | None = None,
+    vlines: Sequence[tuple[float, str]] = (),
 ) -> str:
     """A line plot as an inline <svg> element; with `y_cap`, larger values are drawn at
-    the top edge (and the title says so)."""
+    the top edge (and the title says so); `vlines` are labelled vertical marks."""
     left, right, top, bottom = 64, 16, 28, 44
     points = [p for _, pts in series for p in pts]
     xs = [x for x, _ in points if not log_x or x > 0]
+    xs += [x for x, _ in vlines if xs and (not log_x or x > 0)]
     ys = [y for _, y in points]
     if hline is not None:
         ys.append(hline[0])
@@ -333,6 +402,15 @@ def svg_plot(
             f'stroke="#000" stroke-dasharray="6 4"/>'
             f'<text x="{left + plot_w - 4}" y="{py(y) - 4:.1f}" text-anchor="end">{html.escape(label)}</text>'
         )
+    for n, (x, label) in enumerate(vlines):
+        if log_x and x <= 0:
+            continue
+        parts.append(
+            f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{top}" y2="{top + plot_h}" '
+            f'stroke="#555" stroke-dasharray="3 3"/>'
+            f'<text x="{px(x) + 3:.1f}" y="{top + plot_h - 6 - 12 * (n % 4)}">'
+            f"{html.escape(label)}</text>"
+        )
     for i, (name, pts) in enumerate(series):
         color = COLORS[i % len(COLORS)]
         usable = [(x, y) for x, y in pts if not log_x or x > 0]
@@ -352,21 +430,38 @@ def svg_plot(
     return "".join(parts)
 
 
-def latency_cdf_plot(report: dict[str, Any]) -> str:
-    series = []
+def latency_cdf_plots(report: dict[str, Any]) -> list[str]:
+    """One latency CDF per scenario (a sweep's levels share one), on a log axis, with the
+    p50/p90/p99 of each curve and the SLO marked: offline's seconds and single-stream's
+    milliseconds never share an axis."""
+    plots = []
+    slo = report.get("slo_ms")
     for s in report["scenarios"]:
         entries = s["levels"] if s["scenario"] == "sweep" else [s]
+        series, marks = [], []
         for entry in entries:
             if not entry.get("histogram") or not entry["histogram"]["count"]:
                 continue
             hist = LatencyHistogram.from_dict(entry["histogram"])
-            label = s["scenario"]
-            if "concurrency" in entry:
-                label += f" c={entry['concurrency']}"
+            label = s["scenario"] if "concurrency" not in entry else f"c={entry['concurrency']}"
             series.append((label, [(ns / 1e6, c) for ns, c in hist.cdf(200)]))
-    return svg_plot(
-        series, "latency (ms, log scale)", "fraction of queries", "Latency CDF", log_x=True
-    )
+            if len(entries) == 1:
+                marks += [(hist.percentile_ns(q) / 1e6, f"p{q:g}") for q in (50.0, 90.0, 99.0)]
+        if not series:
+            continue
+        if slo:
+            marks.append((float(slo), f"SLO {fmt(slo)} ms"))
+        plots.append(
+            svg_plot(
+                series,
+                "latency (ms, log scale)",
+                "fraction of queries",
+                f"{s['scenario']}: latency CDF",
+                log_x=True,
+                vlines=marks,
+            )
+        )
+    return plots
 
 
 def qps_plot(report: dict[str, Any]) -> str | None:
@@ -442,17 +537,28 @@ def page(title: str, body: str) -> str:
 def render_html(report: dict[str, Any]) -> str:
     v = report["verdict"]
     status = "VALID" if v["valid"] else "INVALID"
+    from lab.bench.headline import headline_lines
+
+    headline = headline_lines(report)
     parts = [
         f"<h1>ServeLab bench: {html.escape(report['name'])}</h1>",
         f'<p class="{status.lower()}">{status}</p>',
+        '<ul class="headline">'
+        + "".join(f"<li>{html.escape(line.strip())}</li>" for line in headline[1:])
+        + "</ul>",
     ]
     if v["reasons"]:
         parts.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in v["reasons"]) + "</ul>")
     parts.append(_html_table(scenario_rows(report)))
-    parts.append(latency_cdf_plot(report))
+    parts += latency_cdf_plots(report)
     for plot in (qps_plot(report), concurrency_plot(report)):
         if plot:
             parts.append(plot)
+    from lab.bench.markdown_html import markdown_to_html
+
     markdown = render_markdown(report)
-    parts.append("<h2>Details</h2><pre>" + html.escape(markdown) + "</pre>")
+    # Everything after the title and the headline (shown above), one heading level down.
+    start = markdown.find("\n\n", markdown.find("## Headline\n\n") + len("## Headline\n\n"))
+    details = re.sub(r"^## ", "### ", markdown[start:], flags=re.MULTILINE)
+    parts.append("<h2>Details</h2>" + markdown_to_html(details))
     return page(f"ServeLab bench {report['name']}", "\n".join(parts))

@@ -10,8 +10,11 @@ with `lab.bench.schema.validate` when a report is written and when one is read. 
                      one object per group (batching, checks, find_peak, report); 1.0
                      reports have every field flat
     environment      CPU, GPU and driver, memory, library versions, git commit and dirty flag
+                     (modified or untracked files, or an uncommitted runner plugin)
     model            name, size, precision, ONNX and weights sha256, public seed, seed label, SLO
     targets          what was driven: {"candidate": ..., "baseline": ...}
+    provenance       the command line, the --config file's content, each runner's source
+                     and its sha256, why the tree counts as dirty (lab.bench.provenance)
     verify           the pre-run verify result (main job) or absent
     roofline         {"work": per-sample FLOPs/bytes, "ceilings": peak FLOP/s and bytes/s}
                      or {"skipped": reason}
@@ -41,7 +44,7 @@ import numpy as np
 from lab.bench.schema import validate
 from lab.errors import ConfigError
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ plain dict (lab.bench.report).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from types import MappingProxyType
@@ -206,6 +206,14 @@ def report_name(config: BenchConfig, handle: ModelHandle) -> str:
     return f"{handle.name}-{handle.size}-{driven}"
 
 
+def runner_specs(config: BenchConfig) -> dict[str, str]:
+    """The runner spec per role whose code the report should identify."""
+    specs = {} if is_remote(config.target) else {CANDIDATE: config.runner}
+    if config.baseline:
+        specs[BASELINE] = config.baseline
+    return specs
+
+
 # ----- a whole run -----------------------------------------------------------------------
 def run_bench(
     config: BenchConfig,
@@ -215,14 +223,18 @@ def run_bench(
     runner: Runner | None = None,
     baseline_runner: Runner | None = None,
     extra: Mapping[str, Any] | None = None,
+    command: Sequence[str] | None = None,
+    config_path: str | None = None,
 ) -> dict[str, Any]:
     """Run every configured scenario and return the report (see lab/bench/report.py).
 
     `handle`, `workload`, `runner` and `baseline_runner` override what the config names
     (tests and the harness self-benchmark pass their own); runners given here are loaded if
-    needed and closed at the end either way."""
+    needed and closed at the end either way. `command` and `config_path` (the command line
+    and the --config file) go into the report's provenance."""
     from lab import __version__
     from lab.bench.environment import fingerprint, model_fingerprint
+    from lab.bench.provenance import provenance
     from lab.bench.report import SCHEMA_VERSION, verdict
 
     started = time.perf_counter()
@@ -294,7 +306,10 @@ def run_bench(
             ),
             "targets": {role: factory.describe() for role, factory in targets.items()},
             "slo_ms": context.slo_ms,
+            "provenance": provenance(runner_specs(config), command, config_path),
         }
+        if report["provenance"]["dirty_reasons"]:
+            report["environment"]["git"]["dirty"] = True
         report.update(extra or {})
         report["roofline"] = roofline
         results: dict[str, Result] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,11 @@ def resolve_runner(spec: str) -> type[Runner]:
         return _import_class(importlib.import_module(module_name), class_name, module_name)
     if ":" in spec:
         return load_plugin(spec)
+    if spec.endswith(".py") or "/" in spec or "." in spec:
+        raise ConfigError(
+            f"runner plugin {spec!r} needs its class: give {spec}:ClassName "
+            "(the Runner subclass to load from it)"
+        )
     raise ConfigError(
         f"unknown runner {spec!r}: choose from {', '.join(RUNNERS)} or give path/to/file.py:ClassName"
     )
@@ -123,12 +129,32 @@ def _parse_value(value: str) -> Any:
     return value
 
 
+def option_names(cls: type[Runner]) -> list[str]:
+    """The options a runner's constructor names (its keyword parameters)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in parameters if p.name != "self" and p.kind in kinds]
+
+
+def _valid_options(names: list[str]) -> str:
+    return f"valid options: {', '.join(names)}" if names else "it takes no options"
+
+
 def create_runner(spec: str, options: dict[str, Any] | None = None) -> Runner:
-    """Resolve and construct a runner; a plugin constructor that fails is a PluginError."""
+    """Resolve and construct a runner; a plugin constructor that fails is a PluginError.
+
+    A built-in runner accepts only the options its constructor names (one that also takes
+    **options would otherwise drop a misspelt one silently)."""
     cls = resolve_runner(spec)
+    names = option_names(cls)
+    unknown = [key for key in options or {} if key not in names]
+    if unknown and spec in RUNNERS:
+        raise ConfigError(f"runner {spec!r} has no option {unknown[0]!r}: {_valid_options(names)}")
     try:
         runner = cls(**(options or {}))
     except TypeError as exc:
-        raise ConfigError(f"runner {spec!r} does not accept these options: {exc}") from exc
+        raise ConfigError(
+            f"runner {spec!r} does not accept these options: {exc} ({_valid_options(names)})"
+        ) from exc
     check_constructed(runner, spec)
     return runner

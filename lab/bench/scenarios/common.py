@@ -159,6 +159,7 @@ class BenchContext:
         offsets_ns: np.ndarray,
         keep: bool,
         give_up_after_s: float | None = None,
+        slo_ms: float | None = None,
     ) -> tuple[Segment, QuerySource]:
         segment = run_open_loop(
             target,
@@ -167,6 +168,7 @@ class BenchContext:
             keep_outputs=keep,
             timeout_s=self.config.timeout_s,
             give_up_after_s=give_up_after_s,
+            slo_ns=None if slo_ms is None else int(slo_ms * 1e6),
         )
         return segment, source
 
@@ -179,7 +181,9 @@ class BenchContext:
         min_queries: int,
         keep: bool,
         give_up_after_s: float | None = None,
+        abort_on_slo: bool = False,
     ) -> tuple[Segment, QuerySource]:
+        """With `abort_on_slo`, issuing stops once p99 certainly misses the SLO."""
         # Arrivals until the schedule covers the duration (and at least min_queries of them).
         seed = int(self.workload.rng(self.stream(f"{tag}-schedule")).integers(2**63))
         drawn = max(min_queries, int(math.ceil(qps * duration_s * 1.5)) + 16)
@@ -187,7 +191,8 @@ class BenchContext:
         covering = int(np.searchsorted(offsets, int(duration_s * 1e9))) + 1
         offsets = offsets[: min(drawn, max(min_queries, covering))]
         source = self.source(tag, len(offsets))
-        return self.open_segment(target, source, offsets, keep, give_up_after_s)
+        slo_ms = self.slo_ms if abort_on_slo else None
+        return self.open_segment(target, source, offsets, keep, give_up_after_s, slo_ms)
 
     def offline_segment(
         self, target: Target, tag: str, samples: int, batch_size: int, keep: bool

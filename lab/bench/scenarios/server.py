@@ -4,9 +4,10 @@ run too (`measure`)."""
 
 from __future__ import annotations
 
+from lab.bench.analysis import add_reason
 from lab.bench.engine import QuerySource, Segment
 from lab.bench.metrics import Metric, latency_metric, metric
-from lab.bench.scenarios.common import BenchContext
+from lab.bench.scenarios.common import CANDIDATE, BenchContext
 from lab.bench.scenarios.registry import Earlier, Result, Scenario, register
 from lab.bench.target import Target
 from lab.errors import ConfigError
@@ -39,12 +40,21 @@ def measure(
             f"{NAME} {role} round {round_index + 1} at {qps:.1f} qps", duration
         ):
             return context.server_segment(
-                target, f"{NAME}-{role}", qps, duration, min_queries, context.keep_outputs(role)
+                target,
+                f"{NAME}-{role}",
+                qps,
+                duration,
+                min_queries,
+                context.keep_outputs(role),
+                abort_on_slo=True,
             )
 
     measured = context.alternate(measure_role)
     result = context.finish(NAME, measured, context.rules(NAME, duration_s=total))
     result["target_qps"] = qps
+    for segment, _ in measured[CANDIDATE]:
+        if segment.aborted:
+            add_reason(result, segment.aborted)
     return result
 
 
