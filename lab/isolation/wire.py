@@ -177,24 +177,13 @@ def wait_readable(poller: select.poll, spin_s: float, timeout_s: float) -> bool:
 def read_tensors(
     arena: Arena, dtypes: Sequence[np.dtype], shapes: Sequence[tuple[int, ...]]
 ) -> list[np.ndarray]:
-    """Views of tensors packed in order (the layout `write_tensors` writes)."""
+    """Views of tensors packed in order, each at an `ALIGN`ed offset (both sides' layout)."""
     views, offset = [], 0
     for dtype, shape in zip(dtypes, shapes):
         view = arena.view(offset, dtype, shape)
         views.append(view)
         offset += aligned(view.nbytes)
     return views
-
-
-def write_tensors(arena: Arena, arrays: Sequence[np.ndarray]) -> None:
-    """Copy arrays into the arena in order (growing it first if needed)."""
-    total = sum(aligned(a.nbytes) for a in arrays)
-    if total > arena.size:
-        arena.reserve(total)
-    offset = 0
-    for array in arrays:
-        arena.view(offset, array.dtype, array.shape)[...] = array
-        offset += aligned(array.nbytes)
 
 
 def dims_struct(ranks: Sequence[int]) -> struct.Struct:
