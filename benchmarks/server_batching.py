@@ -21,10 +21,8 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server_overhead import LowLoad, offline  # noqa: E402
+from server_overhead import LowLoad, launch, offline  # noqa: E402
 
 from lab.export import ensure_exported  # noqa: E402
 from lab.protocol import codec  # noqa: E402
@@ -74,17 +72,6 @@ def plain_server(model: str, size: str, runner_spec: str) -> None:
         await asyncio.Event().wait()
 
     asyncio.run(main())
-
-
-def start(cmd: list[str]) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"http=[\d.]+:(\d+)", line)
-    if not match:
-        proc.kill()
-        raise SystemExit(f"server did not start: {line!r}")
-    return proc, int(match.group(1))
 
 
 def c1_paired(
@@ -180,8 +167,8 @@ def main() -> int:
     plain = [sys.executable, __file__, "--plain-server", "--model", args.model]
     plain += ["--size", args.size, "--runner", args.runner]
     runner = create_runner(args.runner).load(handle)
-    ours, our_port = start(serve)
-    theirs, their_port = start(plain)
+    ours, our_port = launch(serve)
+    theirs, their_port = launch(plain)
     ratios: dict[str, list[float]] = {k: [] for k in TARGETS}
     raw: dict[str, list[float]] = {}
     concurrency = 2 * max_batch

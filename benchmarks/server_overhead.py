@@ -60,6 +60,11 @@ def start_server(
         "--max-batch-size", str(max_batch), "--max-queue-delay-us", "0",
         "--max-queue-size", str(8 * max_batch),
     ]  # fmt: skip
+    return launch(cmd)
+
+
+def launch(cmd: list[str]) -> tuple[subprocess.Popen, int]:
+    """Start a server process that prints its ports on its first line; (process, HTTP port)."""
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
