@@ -250,6 +250,17 @@ def test_server_pods_have_probes_scrape_annotations_and_a_long_enough_grace(
 
 
 # ----- commands parse with their programs' own parsers -------------------------------------
+def _no_abbreviations(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The parser and its subcommands' parsers, refusing shortened flags: a manifest spells
+    each flag in full, so that a flag added later cannot make it ambiguous."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
+    return parser
+
+
 def _parse(command: list[str], args: list[str]) -> Any:
     """Parse a container's command line with the program's own parser (fails the test on
     a usage error, which argparse reports by exiting)."""
@@ -257,13 +268,13 @@ def _parse(command: list[str], args: list[str]) -> Any:
     try:
         if program == "servelab":
             assert len(command) == 1, command
-            return build_parser().parse_args(args)
+            return _no_abbreviations(build_parser()).parse_args(args)
         if program == "locust":
             return _parse_locust(tuple(args))
         if program == "torchrun":
             from torch.distributed.run import get_args_parser
 
-            return get_args_parser().parse_args(args)
+            return _no_abbreviations(get_args_parser()).parse_args(args)
     except SystemExit as exc:
         pytest.fail(f"{program} rejects {args}: exit {exc.code}", pytrace=False)
     pytest.fail(f"unexpected program {program!r}: add its parser to this test", pytrace=False)
@@ -275,7 +286,9 @@ _LOCUST_PARSE = """
 import json, sys
 from locust.argument_parser import get_parser
 try:
-    parsed = get_parser().parse_args(json.loads(sys.argv[1]))
+    parser = get_parser()
+    parser.allow_abbrev = False
+    parsed = parser.parse_args(json.loads(sys.argv[1]))
 except SystemExit as exc:
     print(json.dumps({"exit": exc.code}))
 else:
@@ -312,6 +325,13 @@ def test_a_misspelt_flag_fails_the_parse_check() -> None:
         _parse(["servelab"], ["serve", "--confg", "/etc/servelab/serve.toml"])
     with pytest.raises(pytest.fail.Exception, match="rejects"):
         _parse(["locust"], ["--locustfile", "x.py", "--workers-count", "4"])
+    with pytest.raises(pytest.fail.Exception, match="rejects"):  # a shortened flag
+        _parse(["servelab"], ["bench", "--no-progres"])
+    with pytest.raises(pytest.fail.Exception, match="rejects"):
+        _parse(["locust"], ["--locustfile", "x.py", "--worker", "--master-prt", "5557"])
+    with pytest.raises(pytest.fail.Exception, match="rejects"):
+        _parse(["torchrun"], ["--nproc-per-nod", "4", "-m", "lab.dist"])
+    assert _parse(["torchrun"], ["--nproc-per-node", "4", "-m", "lab.dist", "--x"]).module
 
 
 # ----- the ConfigMap's TOML is the server's config --------------------------------------------
