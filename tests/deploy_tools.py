@@ -9,11 +9,14 @@ install them); SERVELAB_DEPLOY_TOOLS=/some/bin uses tools installed elsewhere.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -118,9 +121,8 @@ def checkov_results() -> dict[str, Any]:
     """One checkov run over every rendered overlay, the Dockerfiles, and a control file that
     must fail (so a scanner that silently checks nothing is noticed). Offline: no download
     of guidelines or policies (--skip-download)."""
-    import tempfile
-
     folder = Path(tempfile.mkdtemp(prefix="servelab-checkov-"))
+    atexit.register(shutil.rmtree, folder, True)
     files = []
     for overlay in OVERLAYS:
         path = folder / f"{overlay}.yaml"
