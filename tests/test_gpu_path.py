@@ -496,3 +496,17 @@ def test_gpu_ceilings_in_the_runners_math(math: str) -> None:
         "cuda:0", math, budget_s=0.2, matmul_n=4096, copy_bytes=256 << 20
     )
     assert ceilings["math"] == math and ceilings["peak_flops_per_s"] > 1e12
+
+
+def test_gpu_extras_never_mix_onnxruntime_builds_and_pin_the_cuda_major(repo_root: Path) -> None:
+    import re
+
+    from lab.repository import tomllib  # tomli on Python 3.10
+
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[<>=;\[ ]", d)[0] for d in project["dependencies"]}
+    for extra, cuda in (("gpu", "12"), ("gpu-cu13", "13")):
+        names = {re.split(r"[<>=;\[ ]", d)[0] for d in project["optional-dependencies"][extra]}
+        assert not {"onnxruntime", "onnxruntime-gpu"} <= core | names, extra
+        assert f"tensorrt-cu{cuda}" in names and "tensorrt" not in names
+        assert "pycuda" not in names  # it compiles against the CUDA toolkit: its own extra
