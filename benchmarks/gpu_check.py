@@ -183,6 +183,14 @@ def main() -> int:
     parser.add_argument("--out", default=os.environ.get("OUT") or "gpu-check")
     parser.add_argument("--run-check", help=argparse.SUPPRESS)
     parser.add_argument("--only", action="append", help="run only these checks (repeatable)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=330.0,
+        help="the whole run's time limit: each check's timeout is cut to what is left, and "
+        "checks that no longer fit are skipped with that reason (default 330 s, so that one "
+        "command fits a 6-minute GPU window)",
+    )
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -201,6 +209,13 @@ def main() -> int:
                 results.append(entry)
                 print(json.dumps(entry), flush=True)
                 continue
+            left_s = args.budget_s - (time.perf_counter() - started_all)
+            if left_s < 10:
+                entry.update(status="skipped", reason="skipped: the run's --budget-s is spent")
+                results.append(entry)
+                print(json.dumps(entry), flush=True)
+                continue
+            timeout_s = int(min(timeout_s, left_s))
             internal = command is None
             argv = command or [sys.executable, __file__, "--run-check", name, "--out", str(out)]
             if argv[:3] == [sys.executable, "-m", "lab"] and argv[3] == "bench":

@@ -510,3 +510,13 @@ def test_gpu_extras_never_mix_onnxruntime_builds_and_pin_the_cuda_major(repo_roo
         assert not {"onnxruntime", "onnxruntime-gpu"} <= core | names, extra
         assert f"tensorrt-cu{cuda}" in names and "tensorrt" not in names
         assert "pycuda" not in names  # it compiles against the CUDA toolkit: its own extra
+
+
+def test_telemetry_watches_the_cuda_device_the_runner_names() -> None:
+    from lab.bench.run import _cuda_index
+    from lab.runners.onnxruntime import OnnxRuntimeRunner
+    from lab.runners.torch import TorchRunner
+
+    assert _cuda_index(TorchRunner(device="cuda:1"), "fp32") == 1
+    assert _cuda_index(OnnxRuntimeRunner(provider="cuda", device_id=2), "fp32") == 2
+    assert _cuda_index(OnnxRuntimeRunner(), "fp32") == 0  # CPU: nothing to watch

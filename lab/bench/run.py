@@ -159,6 +159,13 @@ def _ceiling_framework(runner: Runner | None, precision: str = "fp32") -> tuple[
     return "numpy", "cpu", "fp32"
 
 
+def _cuda_index(runner: Runner | None, precision: str) -> int:
+    """The CUDA device the runner computes on (0 on the CPU): telemetry watches that GPU."""
+    _, device, _ = _ceiling_framework(runner, precision)
+    index = device.partition(":")[2] if device.startswith("cuda") else ""
+    return int(index) if index.isdigit() else 0
+
+
 def measure_roofline(
     handle: ModelHandle, workload: Any, runner: Runner | None, progress: Progress
 ) -> dict[str, Any]:
@@ -188,7 +195,10 @@ def measure_roofline(
 def run_scenario(context: BenchContext, name: str, earlier: Mapping[str, Result]) -> Result:
     """One registered scenario with telemetry, wall time and its metrics."""
     scenario = SCENARIOS[name]
-    telemetry = Telemetry() if context.config.report.telemetry else None
+    telemetry = None
+    if context.config.report.telemetry:
+        # NVML watches the GPU the runner computes on (cuda:N mapped to NVML's numbering).
+        telemetry = Telemetry(cuda_index=context.cuda_index)
     if telemetry is not None:
         telemetry.start()
     started = time.perf_counter()
@@ -299,6 +309,7 @@ def run_bench(
             progress,
             work=roofline.get("work"),
             ceilings=roofline.get("ceilings"),
+            cuda_index=_cuda_index(candidate_runner, handle.precision),
         )
         report: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
