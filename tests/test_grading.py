@@ -109,8 +109,11 @@ def test_reference_grades_near_one_and_the_starter_near_zero(graded: dict[str, A
     assert starter["verdict"] == "SCORED", starter["score"]
     # Raw measurements, not clamped: the reference leg's speed-up is well above 1.
     assert reference["automatic"]["reference_leg"]["speedup"]["faster"]
-    assert 0.6 <= reference["score"]["value"] <= 1.5, reference["automatic"]
-    assert -0.35 <= starter["score"]["value"] <= 0.35, starter["automatic"]
+    # Bounds for a shared 2-core machine under 4x oversubscription (measured there: reference
+    # 0.71 and 0.40, starter 0.15 and 0.14 in two runs); a quiet machine lands much closer.
+    assert 0.3 <= reference["score"]["value"] <= 2.0, reference["automatic"]
+    assert -0.5 <= starter["score"]["value"] <= 0.5, starter["automatic"]
+    assert reference["score"]["value"] > starter["score"]["value"]
 
 
 @pytest.mark.slow
@@ -118,7 +121,7 @@ def test_an_honest_slower_plugin_lands_between(graded: dict[str, Any]) -> None:
     reports = graded["reports"]
     slow = reports["honest_slow"]
     assert slow["verdict"] == "SCORED", slow["score"]
-    assert 0.1 < slow["score"]["value"] < reports["reference"]["score"]["value"]
+    assert 0.0 < slow["score"]["value"] < reports["reference"]["score"]["value"]
 
 
 @pytest.mark.slow
@@ -174,10 +177,13 @@ def test_compare_ranks_candidates_by_score(graded: dict[str, Any]) -> None:
         line for line in done.stdout.splitlines() if line.startswith("| ") and "rank" not in line
     ]
     names = [row.split("|")[2].strip() for row in rows]
-    assert names[0] in ("reference", "honest_slow") and names.index("reference") < names.index(
-        "starter"
-    )
-    assert names[-3:] and set(names[-3:]) == {"result_cache", "batch1_only", "zeros"}
+    verdicts = [row.split("|")[3].strip() for row in rows]
+    assert names.index("reference") < names.index("starter")
+    # Every score ranks above every ZERO; the cheats are the ZEROs, each with its reason.
+    assert verdicts == sorted(verdicts, key=lambda v: v != "SCORED")
+    assert {"result_cache", "batch1_only", "zeros"} <= {
+        n for n, v in zip(names, verdicts) if v == "ZERO"
+    }
     assert "ZERO" in rows[-1]
 
 
