@@ -43,8 +43,8 @@ bench: $(STAMP)
 	$(BIN)/servelab bench --main-job
 
 lint: $(STAMP)
-	$(BIN)/ruff check lab tests benchmarks models
-	$(BIN)/ruff format --check lab tests benchmarks models
+	$(BIN)/ruff check lab tests benchmarks models exercises
+	$(BIN)/ruff format --check lab tests benchmarks models exercises
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
