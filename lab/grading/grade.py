@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
+import secrets
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from typing import Any
 
 from lab.errors import ConfigError, LabError
 from lab.grading.catalogue import Exercise
+from lab.workload import read_secret_seed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -191,6 +193,7 @@ def bench_settings(
     options: Mapping[str, Any],
     name: str,
     replay: bool,
+    seed: int | None = None,
 ) -> Any:
     from lab.bench.config import BenchConfig, flat_settings
 
@@ -212,6 +215,8 @@ def bench_settings(
         replay_check=replay and settings.get("replay_check", True),
         isolation="process",  # graded code always runs in a worker process
     )
+    if seed is not None:
+        settings["seed"] = seed
     return BenchConfig.from_mapping(settings, f"{exercise.name} profile {profile}")
 
 
@@ -224,12 +229,13 @@ def run_leg(
     output: Path,
     handle: Any,
     progress: Any,
+    seed: int | None = None,
 ) -> Leg:
     from lab.bench.report import write_reports
     from lab.bench.run import run_bench
 
     config = bench_settings(
-        exercise, profile, runner, options, f"{exercise.name}-{role}", role != "reference"
+        exercise, profile, runner, options, f"{exercise.name}-{role}", role != "reference", seed
     )
     report = run_bench(config, progress, handle=handle)
     paths = write_reports(report, output / "legs", html=config.report.html, latest=False)
@@ -304,6 +310,12 @@ def grade_speed(
     )
     ensure_exported(handle)
     scenario = str(scoring["scenario"])
+    # Every leg draws the same samples: the reference's and each candidate's speed-ups are
+    # then ratios over one workload (with fresh samples per leg, the sequence lengths alone,
+    # hence the padding a baseline wastes, moved the reference's speed-up from 3x to 6x).
+    # The public+secret seed when the interviewer set one, else one fresh seed per grade run
+    # (never known to the runners, which only see samples as they are issued).
+    seed = None if read_secret_seed() is not None else secrets.randbits(63)
     parts: list[dict[str, Any]] = []
     for submission in submissions:
         log(f"verify {submission.name} (isolated worker)")
@@ -321,6 +333,7 @@ def grade_speed(
             output,
             handle,
             progress,
+            seed,
         )
     for submission, part in zip(submissions, parts):
         part["reference_leg"] = leg_summary(reference, scenario) if reference else None
@@ -331,7 +344,7 @@ def grade_speed(
         log(f"candidate leg: {submission.name} vs {scoring['baseline']}")
         leg = run_leg(
             exercise, profile, "candidate", submission.runner, submission.runner_options,
-            output, handle, progress,
+            output, handle, progress, seed,
         )  # fmt: skip
         part["candidate_leg"] = leg_summary(leg, scenario)
         part["slo"] = slo_summary(leg.report, profile)
