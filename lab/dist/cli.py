@@ -59,7 +59,10 @@ def add_launch_args(p: argparse.ArgumentParser, nproc_flag: str = "--nproc") -> 
         "--dist-backend", default="auto", choices=BACKENDS, help="auto: nccl with CUDA, else gloo"
     )
     p.add_argument(
-        "--dist-threads", type=int, default=0, help="torch threads per rank (0: cores / nproc)"
+        "--dist-threads",
+        type=int,
+        default=0,
+        help="torch threads per rank (0: 1 on a CPU, cores / nproc with CUDA)",
     )
 
 
@@ -269,6 +272,7 @@ def summarize(path: Path) -> dict[str, Any]:
             "active_ranks": len(rows),
             "throughput_sps": throughput,
             "issue_rate_qps": issue,
+            "issue_lag_p99_ms": max((r.get("issue_lag_p99_ms", 0.0) for r in rows), default=0.0),
             "latency_ms": {f"p{q:g}": merged.percentile_ns(q) / 1e6 for q in (50, 90, 99, 99.9)},
             "histogram": merged.to_dict(),
         }

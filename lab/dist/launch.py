@@ -101,3 +101,12 @@ def rank_device(backend: str) -> str:
     if backend == "nccl":
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return "cpu"
+
+
+def default_threads(device: str, local_world: int) -> int:
+    """Torch threads per rank: 1 on a CPU (what torchrun's OMP_NUM_THREADS=1 means, and
+    what keeps N ranks from oversubscribing the cores: compare N ranks x 1 thread with one
+    rank x 1 thread), cores / ranks under CUDA, where the CPU only feeds the GPU."""
+    if device.startswith("cuda"):
+        return max(1, (os.cpu_count() or 1) // max(1, local_world))
+    return 1

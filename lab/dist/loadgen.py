@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from lab.dist.launch import DEFAULT_TIMEOUT_S, choose_backend, rank_device
+from lab.dist.launch import DEFAULT_TIMEOUT_S, choose_backend, default_threads, rank_device
 from lab.isolation.worker import _die_with_parent
 from lab.repository import ModelRepository
 
@@ -149,10 +149,11 @@ def open_loop(
     offsets_ns = (np.cumsum(gaps) * 1e9).astype(np.int64)
     offsets_ns = offsets_ns[offsets_ns < int(duration_s * 1e9)]
     latencies = np.full(offsets_ns.size, -1, np.int64)
-    lag_ns = np.zeros(offsets_ns.size, np.int64)
+    sent_ns = np.full(offsets_ns.size, -1, np.int64)  # when a connection actually sent it
     failures: list[str] = []
 
     def one(i: int, scheduled: int) -> None:
+        sent_ns[i] = time.perf_counter_ns()
         try:
             target(queries[i % len(queries)])
         except Exception as exc:  # a failed query is recorded, never faked
@@ -167,11 +168,13 @@ def open_loop(
             wait = (scheduled - time.perf_counter_ns()) / 1e9
             if wait > 0:
                 time.sleep(wait)
-            lag_ns[i] = max(0, time.perf_counter_ns() - scheduled)
             pool.submit(one, i, scheduled)
-        issued_ns = time.perf_counter_ns() - start
     wall_ns = time.perf_counter_ns() - start
     done = latencies[latencies >= 0]
+    lag_ns = np.maximum(sent_ns - (start + offsets_ns), 0)
+    # Issued = actually sent on a connection (not merely queued here), over the span in
+    # which the sends happened.
+    last_sent = int(sent_ns.max()) - start if sent_ns.size else 0
     return {
         "latencies_ns": done,
         "issued": int(offsets_ns.size),
@@ -180,7 +183,9 @@ def open_loop(
         "first_failure": failures[0] if failures else None,
         "samples": int(done.size),
         "wall_s": wall_ns / 1e9,
-        "issue_s": issued_ns / 1e9,
+        "issue_s": max(last_sent, 1) / 1e9,
+        "offered_qps": rate_qps,
+        "issue_lag_p50_ms": float(np.percentile(lag_ns, 50) / 1e6) if lag_ns.size else 0.0,
         "issue_lag_p99_ms": float(np.percentile(lag_ns, 99) / 1e6) if lag_ns.size else 0.0,
     }
 
@@ -200,7 +205,7 @@ def main(argv: list[str]) -> int:
     device = rank_device(backend)
     if device.startswith("cuda"):  # unverified: no GPU here
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // local_world))
+    torch.set_num_threads(args.threads or default_threads(device, local_world))
     dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout_s))
     try:
         # Phases last longer than a collective may wait: barriers use a patient group.

@@ -29,7 +29,7 @@ import numpy as np
 
 from lab.dist.comm import MAX_RANKS, SLOT_FIELDS, CollectiveError, Comm
 from lab.dist.engines import ENGINES, Engine
-from lab.dist.launch import DEFAULT_TIMEOUT_S, choose_backend, rank_device
+from lab.dist.launch import DEFAULT_TIMEOUT_S, choose_backend, default_threads, rank_device
 from lab.errors import LabError
 from lab.isolation import wire
 from lab.isolation.worker import _die_with_parent, _serve
@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference has no TF32
         torch.backends.cudnn.allow_tf32 = False
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    threads = args.threads or max(1, (os.cpu_count() or 1) // local_world)
+    threads = args.threads or default_threads(device, local_world)
     torch.set_num_threads(threads)
     dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout_s))
     try:

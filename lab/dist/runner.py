@@ -54,7 +54,7 @@ STOP_GRACE_S = 10.0
 class DistRunner(IsolatedRunner):
     """Options: mode (replicas | shard | tensor), nproc (ranks on this node), nnodes,
     rdzv_endpoint, rdzv_id, timeout_s (every collective; a dead or hung rank fails the job
-    within it), backend (auto | gloo | nccl), threads (per rank; 0: cores / nproc)."""
+    within it), backend (auto | gloo | nccl), threads (per rank; 0: 1 on a CPU, cores / nproc with CUDA)."""
 
     name: ClassVar[str] = "dist"
 
