@@ -212,3 +212,28 @@ def test_bench_dist_shard_runs_every_audit_on_2_ranks(
     assert dist["mode"] == "shard" and dist["world_size"] == 2
     assert dist["bytes_per_query"] > 0 and dist["collective_ms_per_query"] > 0
     assert report["isolation"]["mode"] == "process"
+
+
+def test_join_prints_the_line_a_node_runs_and_bench_refuses_a_wrong_mode(tmp_path: Path) -> None:
+    done = _servelab(
+        "dist", "join", "--mode", "shard", "--model", "ranker", "--size", "large",
+        "--nproc", "8", "--nnodes", "2", "--rdzv-endpoint", "node0:29400",
+        "--rdzv-id", "job1", "--dry-run",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    line = done.stderr.split("servelab: launching: ", 1)[1]
+    assert "--nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint node0:29400" in line
+    assert "--rdzv-id job1" in line and "-m lab.dist.rank --mode shard" in line
+    assert "--connect" not in line  # only the harness's node talks to the harness
+    single = _servelab("dist", "join", "--mode", "shard", "--model", "ranker", "--dry-run")
+    assert single.returncode == 2
+    assert single.stderr.strip() == (
+        "servelab: error: join is for the other nodes of a multi-node job: give --nnodes >= 2"
+    )
+    wrong = _servelab(
+        "bench", "--model", "ranker", "--dist", "tensor", "--nproc", "2", "--no-progress",
+        "--scenario", "single-stream", "--output", str(tmp_path),
+    )  # fmt: skip
+    assert wrong.returncode == 2
+    assert "dist mode tensor is written for the encoder, not ranker" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
