@@ -174,7 +174,11 @@ def _run(command: list[str], dry_run: bool) -> int:
     print(f"servelab: launching: {shlex.join(command)}", file=sys.stderr, flush=True)
     if dry_run:
         return 0
-    return subprocess.call(command, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())
+    from lab.dist.runner import rank_environment
+
+    return subprocess.call(
+        command, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), env=rank_environment()
+    )
 
 
 def join_command(args: argparse.Namespace) -> int:

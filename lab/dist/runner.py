@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from typing import Any, ClassVar, NoReturn
 
 import numpy as np
@@ -152,7 +151,7 @@ class DistRunner(IsolatedRunner):
         try:
             self.process = subprocess.Popen(
                 self.command,
-                env=worker_environment(),
+                env=rank_environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=_stdout_target(),
                 start_new_session=True,
@@ -234,6 +233,24 @@ class DistRunner(IsolatedRunner):
         self._poller.register(self._sock, select.POLLIN)
         assert self._listener is not None
         self._watch.unregister(self._listener)
+
+    def _worker_cpu_s(self) -> float:
+        """CPU seconds of torchrun and the ranks on this node (kernel accounting)."""
+        if self.process is None:
+            return 0.0
+        total = 0.0
+        try:
+            import psutil
+        except ImportError:
+            return self._cpu_last
+        pids = [self.process.pid, *(int(info["pid"]) for info in self.ranks.values())]
+        for pid in pids:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            total += float(times.user + times.system)
+        return max(total, self._cpu_last)
 
     # ----- failures ------------------------------------------------------------------------------
     def _rank_name(self, rank: int) -> str:
@@ -394,16 +411,9 @@ class DistRunner(IsolatedRunner):
         self._arena_in = self._arena_out = self._arena_stats = None
 
 
-def dist_options(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The DistRunner options among `values` (CLI settings), unknown keys dropped."""
-    keys = (
-        "mode",
-        "nproc",
-        "nnodes",
-        "rdzv_endpoint",
-        "rdzv_id",
-        "timeout_s",
-        "backend",
-        "threads",
-    )
-    return {k: values[k] for k in keys if k in values and values[k] is not None}
+def rank_environment() -> dict[str, str]:
+    """The harness's environment without the secret seed; OMP_NUM_THREADS=1 unless set (what
+    torchrun would set, without its banner); each rank then sets its torch threads."""
+    env = worker_environment()
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
