@@ -195,23 +195,43 @@ def test_replicas_command_merges_per_rank_histograms_exactly(
     assert result["scaling_efficiency"] > 0
 
 
-def test_bench_dist_shard_runs_every_audit_on_2_ranks(
+def test_bench_drives_a_sharded_ranker_over_two_nodes_with_every_audit(
     ranker_small: ModelHandle, tmp_path: Path
 ) -> None:
-    done = _servelab(
-        "bench", "--model", "ranker", "--size", "small", "--dist", "shard", "--nproc", "2",
-        "--scenario", "offline", "--duration-s", "0.5", "--min-queries", "64", "--batch-size", "32",
-        "--audit-count", "32", "--no-replay-check", "--no-roofline", "--no-telemetry", "--no-html",
-        "--no-progress", "--output", str(tmp_path),
+    """Two torchrun agents on this host stand for two nodes (c10d rendezvous, one rank each):
+    `servelab dist join` is the other node, `servelab bench --dist` the harness's. Whichever
+    rank the rendezvous gives the harness's node coordinates."""
+    from lab.dist.launch import free_port
+
+    endpoint = f"127.0.0.1:{free_port()}"
+    multi = ["--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", endpoint, "--rdzv-id", "t2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    other = subprocess.Popen(
+        [sys.executable, "-m", "lab", "dist", "join", "--mode", "shard", "--model", "ranker",
+         "--size", "small", *multi],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    assert "torch.distributed.run" in done.stderr, done.stderr[-3000:]
+    try:
+        done = _servelab(
+            "bench", "--model", "ranker", "--size", "small", "--dist", "shard", *multi,
+            "--scenario", "offline", "--duration-s", "0.5", "--min-queries", "64",
+            "--batch-size", "32", "--audit-count", "32", "--no-replay-check", "--no-roofline",
+            "--no-telemetry", "--no-html", "--no-progress", "--output", str(tmp_path),
+        )  # fmt: skip
+        joined, _ = other.communicate(timeout=120)
+    finally:
+        other.kill()
+    assert "torch.distributed.run --nnodes 2 --nproc-per-node 1" in done.stderr, done.stderr[-3000:]
+    assert other.returncode == 0, joined[-3000:]
     report = json.loads((tmp_path / "latest.json").read_text())
     assert report["verdict"]["audit_passed"] is True, report["verdict"]
     assert report["config"]["runner"] == "lab.dist.runner:DistRunner"
+    assert report["isolation"]["mode"] == "process"
     dist = report["isolation"]["worker"]["dist"]
     assert dist["mode"] == "shard" and dist["world_size"] == 2
     assert dist["bytes_per_query"] > 0 and dist["collective_ms_per_query"] > 0
-    assert report["isolation"]["mode"] == "process"
+    held = [r["param_bytes"] for r in dist["ranks"]]
+    assert len(held) == 2 and all(0 < h < sum(held) for h in held)  # tables split over nodes
 
 
 def test_join_prints_the_line_a_node_runs_and_bench_refuses_a_wrong_mode(tmp_path: Path) -> None:
