@@ -21,7 +21,7 @@ COMMAND_MODULES = (
     "lab.commands",  # models, export, verify
     "lab.bench.cli",  # bench, compare
     "lab.serve.cli",  # serve
-    "lab.dist.cli",  # dist replicas / loadgen / join
+    "lab.dist.cli",  # dist serve / replicas / loadgen / join
 )
 
 

@@ -24,6 +24,7 @@ from lab.dist.launch import LaunchSpec, torchrun_command
 from lab.dist.runner import MARGIN_S, DistRunner
 from lab.errors import ConfigError, WorkerLost
 from lab.repository import ModelHandle
+from lab.runners import parse_options
 from lab.verify import verify_runner
 from lab.workload import Workload
 
@@ -257,3 +258,24 @@ def test_join_prints_the_line_a_node_runs_and_bench_refuses_a_wrong_mode(tmp_pat
     assert wrong.returncode == 2
     assert "dist mode tensor is written for the encoder, not ranker" in wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+def test_dist_serve_runs_the_server_with_the_job_as_its_primary_runner() -> None:
+    from lab.cli import build_parser
+    from lab.dist.cli import serve_argv
+
+    args = build_parser().parse_args(
+        ["dist", "serve", "--mode", "shard", "--model", "ranker", "--size", "large",
+         "--nproc", "4", "--nnodes", "2", "--rdzv-endpoint", "pod0:29500", "--rdzv-id", "j",
+         "--", "--config", "/etc/servelab/serve.toml"]
+    )  # fmt: skip
+    argv = serve_argv(args)
+    served = build_parser().parse_args(argv)
+    assert served.command == "serve" and served.config == "/etc/servelab/serve.toml"
+    assert served.runner == "lab.dist.runner:DistRunner"
+    assert served.model == ["ranker"] and served.size == "large"
+    assert {"mode=shard", "nproc=4", "nnodes=2", "rdzv_endpoint=pod0:29500"} <= set(
+        served.runner_option
+    )
+    runner = DistRunner(**parse_options(served.runner_option))  # the server constructs exactly this
+    assert runner.launch == LaunchSpec(4, 2, "pod0:29500", "j")

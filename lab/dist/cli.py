@@ -85,16 +85,18 @@ def add_dist_args(p: argparse.ArgumentParser) -> None:
     add_launch_args(group)  # type: ignore[arg-type]
 
 
-def dist_settings(args: argparse.Namespace) -> dict[str, Any]:
+def dist_settings(args: argparse.Namespace | dict[str, Any]) -> dict[str, Any]:
+    """The DistRunner options the launch flags ask for."""
+    values = args if isinstance(args, dict) else vars(args)
     return {
-        "mode": args.dist,
-        "nproc": args.nproc,
-        "nnodes": args.nnodes,
-        "rdzv_endpoint": args.rdzv_endpoint,
-        "rdzv_id": args.rdzv_id,
-        "timeout_s": args.dist_timeout_s,
-        "backend": args.dist_backend,
-        "threads": args.dist_threads,
+        "mode": values["dist"],
+        "nproc": values["nproc"],
+        "nnodes": values["nnodes"],
+        "rdzv_endpoint": values["rdzv_endpoint"],
+        "rdzv_id": values["rdzv_id"],
+        "timeout_s": values["dist_timeout_s"],
+        "backend": values["dist_backend"],
+        "threads": values["dist_threads"],
     }
 
 
@@ -117,6 +119,32 @@ def register(sub: Any) -> None:
         "`servelab bench --dist MODE --nproc N`.",
     )
     commands = dist.add_subparsers(dest="dist_command", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="`servelab serve` whose primary runner is a torchrun job (node rank 0); "
+        "the other nodes join it",
+        description="Node rank 0 runs `servelab serve SERVE_ARGS` with the job as its "
+        "primary runner (--runner and --runner-option are set from the flags here); every "
+        "other node (--node-rank > 0) joins the job as `servelab dist join` does. Give the "
+        "server's own flags after `--`, e.g. -- --config /etc/servelab/serve.toml.",
+    )
+    serve.add_argument("--mode", required=True, choices=MODES)
+    serve.add_argument("--model", required=True, help="the served model")
+    serve.add_argument("--size", default=None, help="model size (default: the model's)")
+    serve.add_argument("--precision", default="fp32")
+    serve.add_argument("--model-repository", default=None)
+    add_launch_args(serve)
+    serve.add_argument(
+        "--node-rank",
+        type=int,
+        default=0,
+        help="0: this node serves (the default); > 0: it only runs ranks",
+    )
+    serve.add_argument(
+        "serve_args", nargs=argparse.REMAINDER, help="after --: flags for servelab serve"
+    )
+    serve.set_defaults(func=serve_command)
 
     replicas = commands.add_parser(
         "replicas",
@@ -179,6 +207,35 @@ def _run(command: list[str], dry_run: bool) -> int:
     return subprocess.call(
         command, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), env=rank_environment()
     )
+
+
+def serve_argv(args: argparse.Namespace) -> list[str]:
+    """The `servelab serve` command line that `servelab dist serve` runs on node rank 0:
+    the server's own flags, the model, and the job as its primary runner."""
+    rest = list(args.serve_args)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    model = ["--model", args.model, "--precision", args.precision]
+    if args.size:
+        model += ["--size", args.size]
+    if args.model_repository:
+        model += ["--model-repository", args.model_repository]
+    options = [f"{k}={v}" for k, v in dist_settings({**vars(args), "dist": args.mode}).items()]
+    return [
+        "serve", *rest, *model, "--runner", DIST_RUNNER_SPEC,
+        *[x for o in options for x in ("--runner-option", o)],
+    ]  # fmt: skip
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    if args.node_rank > 0:
+        return join_command(args)
+    from lab.cli import build_parser
+
+    argv = serve_argv(args)
+    print(f"servelab: serving: servelab {shlex.join(argv)}", file=sys.stderr, flush=True)
+    served = build_parser().parse_args(argv)
+    return int(served.func(served) or 0)
 
 
 def join_command(args: argparse.Namespace) -> int:
