@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "lab.bench.cli",  # bench, compare
     "lab.serve.cli",  # serve
     "lab.grading.cli",  # exercise, grade
+    "lab.dist.cli",  # dist serve / replicas / loadgen / join
 )
 
 
