@@ -103,14 +103,20 @@ def containers(workload: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return found + [("main", c) for c in spec["containers"]]
 
 
-def expand_env(args: list[str], container: dict[str, Any]) -> list[str]:
+def expand_env(
+    args: list[str], container: dict[str, Any], known: dict[str, str] | None = None
+) -> list[str]:
     """Kubernetes' $(VAR) expansion in args, with what the container's env defines.
 
     A value taken from the downward API (fieldRef) is not known before the pod runs: it
-    becomes "0", a valid rank or index."""
+    is taken from `known` (e.g. {"NODE_RANK": "1"}), else it becomes "0", a valid rank or
+    index."""
     values: dict[str, str] = {}
     for env in container.get("env", []):
-        values[env["name"]] = str(env["value"]) if "value" in env else "0"
+        if "value" in env:
+            values[env["name"]] = str(env["value"])
+        else:
+            values[env["name"]] = (known or {}).get(env["name"], "0")
     return [
         re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: values.get(m[1], m[0]), a) for a in args
     ]

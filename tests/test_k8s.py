@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -40,13 +40,27 @@ from deploy_tools import (
 )
 
 from lab.cli import build_parser
+from lab.dist.cli import DIST_RUNNER_SPEC, launch_spec, serve_argv
+from lab.dist.launch import torchrun_command
 from lab.repository import ModelHandle
-from lab.runners import create_runner, parse_options
+from lab.runners import create_runner, parse_options, resolve_runner
 from lab.serve.cli import config_from_args
 from lab.serve.config import ServeConfig
 from lab.serve.testing import ServerProcess
 
 PORT_FIELDS = {"http": "http_port", "grpc": "grpc_port", "metrics": "metrics_port"}
+# The Job controller labels each pod of an Indexed Job with its index from Kubernetes 1.28
+# (PodIndexLabel, GA in 1.32); every version these manifests support has it.
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+assert tuple(int(x) for x in K8S_VERSIONS[0].split(".")[:2]) >= (1, 28)
+
+
+def _pod_labels(workload: dict[str, Any]) -> list[dict[str, str]]:
+    """The label sets the workload's pods carry: one per index for an Indexed Job."""
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    if workload["kind"] == "Job" and workload["spec"].get("completionMode") == "Indexed":
+        return [{**labels, INDEX_LABEL: str(i)} for i in range(workload["spec"]["completions"])]
+    return [labels]
 
 
 # ----- rendering and validation ---------------------------------------------------------
@@ -179,7 +193,7 @@ def test_services_reach_named_container_ports(overlay: str) -> None:
         pods = [
             w
             for w in rendered.workloads()
-            if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()
+            if any(selector.items() <= labels.items() for labels in _pod_labels(w))
         ]
         assert pods, f"{overlay}: Service {service['metadata']['name']} selects no pod"
         for port in service["spec"]["ports"]:
@@ -213,11 +227,83 @@ def test_every_container_is_locked_down_and_sized(overlay: str) -> None:
                 assert {"cpu", "memory"} <= set(c["resources"][side]), (where, side)
 
 
+def _serve_args(container: dict[str, Any], node_rank: int = 0) -> list[str] | None:
+    """The `servelab serve` command line the container runs on the pod of node rank
+    `node_rank` (after $(VAR) expansion), or None where it serves nothing: a plain
+    `servelab serve`, or the one `servelab dist serve` builds on node rank 0 (lab.dist's own
+    serve_argv); on the other node ranks `servelab dist serve` only runs ranks."""
+    if container.get("command") != ["servelab"]:
+        return None
+    args = expand_env(container["args"], container, {"NODE_RANK": str(node_rank)})
+    if args[:1] == ["serve"]:
+        return args
+    if args[:2] == ["dist", "serve"]:
+        parsed = _parse(container["command"], args)
+        return serve_argv(parsed) if parsed.node_rank == 0 else None
+    return None
+
+
 def _server_containers(rendered: Rendered) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     for workload in rendered.workloads():
         for kind, container in containers(workload):
-            if kind == "main" and container["args"][:1] == ["serve"]:
+            if kind == "main" and _serve_args(container) is not None:
                 yield workload, container
+
+
+# Each probe of a server container: (probe, path it must ask for).
+PROBE_PATHS = {
+    "startupProbe": "/v2/health/ready",
+    "readinessProbe": "/v2/health/ready",
+    "livenessProbe": "/v2/health/live",
+}
+
+
+def _probe_target(container: dict[str, Any], probe: dict[str, Any]) -> tuple[str, int]:
+    """(path, port number) that a probe asks: an httpGet, or the exec form the multi-node
+    Job uses (python3 -c SCRIPT PATH PORT, asking on node rank 0 only)."""
+    if "httpGet" in probe:
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        port = probe["httpGet"]["port"]
+        return probe["httpGet"]["path"], ports.get(port, port)
+    command = probe["exec"]["command"]
+    assert command[:2] == ["python3", "-c"] and len(command) == 5, command
+    return command[3], int(command[4])
+
+
+def _scrape_annotations(rendered: Rendered, workload: dict[str, Any]) -> dict[str, str]:
+    """The prometheus.io annotations that get the serving pod scraped: the pod template's,
+    or, where not every pod of the template serves (an Indexed Job of which node rank 0
+    serves), those of the Service that selects rank 0 alone; then the template carries none,
+    so that the pods without a metrics listener are no failed targets."""
+    template = workload["spec"]["template"]["metadata"].get("annotations", {})
+    serving = [i for i, _ in enumerate(_pod_labels(workload)) if _serves(workload, i)]
+    if len(serving) == len(_pod_labels(workload)):
+        return template
+    assert not any(k.startswith("prometheus.io/") for k in template), workload["metadata"]
+    assert serving == [0]
+    rank0 = _pod_labels(workload)[0]
+    found = []
+    for service in rendered.of_kind("Service"):
+        selector = service["spec"]["selector"]
+        annotations = service["metadata"].get("annotations", {})
+        if selector.items() <= rank0.items() and annotations.get("prometheus.io/scrape"):
+            # no other pod, of this workload or another, is scraped with rank 0
+            for other in rendered.workloads():
+                for i, labels in enumerate(_pod_labels(other)):
+                    if selector.items() <= labels.items():
+                        assert other is workload and i == 0, (service["metadata"], i)
+            found.append(service)
+    assert len(found) == 1, f"{workload['metadata']['name']}: no Service scrapes rank 0"
+    service = found[0]
+    metrics = {p["port"]: p["targetPort"] for p in service["spec"]["ports"]}
+    port = int(service["metadata"]["annotations"]["prometheus.io/port"])
+    assert metrics[port] == "metrics"
+    return dict(service["metadata"]["annotations"])
+
+
+def _serves(workload: dict[str, Any], index: int) -> bool:
+    main = next(c for k, c in containers(workload) if k == "main")
+    return _serve_args(main, index) is not None
 
 
 @pytest.mark.parametrize("overlay", ("cpu", "gpu", "multi-gpu"))
@@ -229,14 +315,12 @@ def test_server_pods_have_probes_scrape_annotations_and_a_long_enough_grace(
     assert servers
     for workload, container in servers:
         config = _config_of(rendered, workload, container, tmp_path)
-        probes = {k: container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
-        assert probes["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-        assert probes["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-        assert probes["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        for name, path in PROBE_PATHS.items():
+            assert _probe_target(container, container[name]) == (path, config.http_port)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         for name, field in PORT_FIELDS.items():
             assert ports[name] == getattr(config, field), (overlay, name)
-        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        annotations = _scrape_annotations(rendered, workload)
         assert annotations["prometheus.io/scrape"] == "true"
         assert int(annotations["prometheus.io/port"]) == config.metrics_port
         assert annotations["prometheus.io/path"] == "/metrics"
@@ -247,6 +331,33 @@ def test_server_pods_have_probes_scrape_annotations_and_a_long_enough_grace(
         grace = pod_spec(workload)["terminationGracePeriodSeconds"]
         assert grace >= pre_stop_s + config.grace_s, (overlay, grace, pre_stop_s, config.grace_s)
         assert config.host == "0.0.0.0"  # reachable from outside the pod
+
+
+def _run_exec_probe(probe: dict[str, Any], node_rank: int, port: int) -> int:
+    """Run an exec probe's python3 script here (this interpreter), on another port."""
+    command = probe["exec"]["command"]
+    env = {**os.environ, "NODE_RANK": str(node_rank)}
+    result = subprocess.run(
+        [sys.executable, *command[1:4], str(port)], env=env, capture_output=True, timeout=60
+    )
+    return result.returncode
+
+
+def _exec_probes() -> list[dict[str, Any]]:
+    job = render("multi-gpu").get("Job", "servelab-dist")
+    main = next(c for k, c in containers(job) if k == "main")
+    return [main[name] for name in PROBE_PATHS]
+
+
+def test_exec_probes_pass_on_ranks_that_serve_nothing_and_ask_rank_0s_server() -> None:
+    with socket.socket() as held:  # bound, not listening: a refused connection
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        for probe in _exec_probes():
+            assert _run_exec_probe(probe, 0, port) != 0  # rank 0 without a server fails
+            assert _run_exec_probe(probe, 1, port) == 0  # a rank that serves nothing passes
+    job = render("multi-gpu").get("Job", "servelab-dist")
+    assert not _serves(job, 1) and _serves(job, 0)
 
 
 # ----- commands parse with their programs' own parsers -------------------------------------
@@ -318,6 +429,11 @@ def test_every_container_command_parses(overlay: str) -> None:
         for _, container in containers(workload):
             args = expand_env(container["args"], container)
             assert _parse(container["command"], args) is not None
+            # `servelab dist serve ... -- SERVE_ARGS`: the server's own line, as lab.dist
+            # builds it on node rank 0, parses too (argparse takes SERVE_ARGS unchecked)
+            served = _serve_args(container)
+            if served is not None and served != args:
+                assert _parse(container["command"], served).command == "serve"
 
 
 def test_a_misspelt_flag_fails_the_parse_check() -> None:
@@ -331,13 +447,19 @@ def test_a_misspelt_flag_fails_the_parse_check() -> None:
         _parse(["locust"], ["--locustfile", "x.py", "--worker", "--master-prt", "5557"])
     with pytest.raises(pytest.fail.Exception, match="rejects"):
         _parse(["torchrun"], ["--nproc-per-nod", "4", "-m", "lab.dist"])
+    dist = ["dist", "serve", "--mode", "replicas", "--model", "encoder", "--nproc", "4"]
+    served = _serve_args({"command": ["servelab"], "args": [*dist, "--", "--confg", "x"]})
+    assert served is not None
+    with pytest.raises(pytest.fail.Exception, match="rejects"):  # after `--`: serve's flags
+        _parse(["servelab"], served)
     assert _parse(["torchrun"], ["--nproc-per-node", "4", "-m", "lab.dist", "--x"]).module
 
 
 # ----- the ConfigMap's TOML is the server's config --------------------------------------------
 def _config_path(workload: dict[str, Any], container: dict[str, Any]) -> tuple[str, str]:
     """(ConfigMap name, key) behind the container's --config FILE."""
-    args = container["args"]
+    args = _serve_args(container)
+    assert args is not None
     path = args[args.index("--config") + 1]
     folder, key = path.rsplit("/", 1)
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
@@ -354,7 +476,8 @@ def _config_of(
     config_map = rendered.get("ConfigMap", name)
     path = tmp_path / f"{name}-{key}"
     path.write_text(config_map["data"][key])
-    args = list(container["args"])
+    args = _serve_args(container)
+    assert args is not None
     args[args.index("--config") + 1] = str(path)
     return config_from_args(build_parser().parse_args(args))
 
@@ -368,7 +491,7 @@ def test_configmap_toml_loads_with_the_server_loader(overlay: str, tmp_path: Pat
         assert config.model_repository == "/app/models"
         # the runners accept the options (constructing a runner imports nothing heavy)
         primary = create_runner(config.runner, config.runner_options)
-        assert primary.name == config.runner
+        assert primary.name == resolve_runner(config.runner).name  # a plugin: its class's
         if config.fallback_runner != "none":
             create_runner(config.fallback_runner, config.fallback_options)
 
@@ -395,13 +518,11 @@ def test_cpu_overlay_threads_match_the_cpu_limit(tmp_path: Path) -> None:
     assert config.runner_options["intra_op_threads"] == cores
 
 
-@pytest.mark.parametrize("overlay", ("gpu", "multi-gpu"))
-def test_engine_init_container_builds_the_engine_the_server_loads(
-    overlay: str, tmp_path: Path
-) -> None:
+def test_engine_init_container_builds_the_engine_the_server_loads(tmp_path: Path) -> None:
     """The engine cache key hashes the runner options: the init container must pass exactly
-    the server's, and write where the server reads."""
-    rendered = render(overlay)
+    the server's, and write where the server reads. (The multi-gpu overlay runs no TensorRT,
+    hence no init container: test_multi_gpu_launches_through_lab_dist checks that.)"""
+    rendered = render("gpu")
     workload = rendered.get("Deployment", "servelab")
     container = next(c for k, c in containers(workload) if k == "main")
     init = next(c for k, c in containers(workload) if k == "init")
@@ -420,7 +541,20 @@ def test_engine_init_container_builds_the_engine_the_server_loads(
     assert init_mounts[cache] == server_mounts[cache]
     volume = {v["name"]: v for v in pod_spec(workload)["volumes"]}[init_mounts[cache]]
     assert "persistentVolumeClaim" in volume  # outlives the pod: built once per GPU model
-    for c in (init, container):
+
+
+@pytest.mark.parametrize(
+    ("overlay", "kind", "name"),
+    [
+        ("gpu", "Deployment", "servelab"),
+        ("multi-gpu", "Deployment", "servelab"),
+        ("multi-gpu", "Job", "servelab-dist"),
+    ],
+)
+def test_gpu_pods_land_on_gpu_nodes_with_time_to_start(overlay: str, kind: str, name: str) -> None:
+    workload = render(overlay).get(kind, name)
+    container = next(c for k, c in containers(workload) if k == "main")
+    for _, c in containers(workload):
         assert (
             c["resources"]["limits"]["nvidia.com/gpu"]
             == c["resources"]["requests"]["nvidia.com/gpu"]
@@ -432,8 +566,11 @@ def test_engine_init_container_builds_the_engine_the_server_loads(
     terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     keys = {e["key"] for t in terms["nodeSelectorTerms"] for e in t["matchExpressions"]}
     assert "nvidia.com/gpu.product" in keys
+    # room for an engine build (gpu), or for every rank to load its share (multi-gpu)
     startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # room for a build
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    for probe in PROBE_PATHS:  # an exec probe's time includes the interpreter's start
+        assert "exec" not in container[probe] or container[probe]["timeoutSeconds"] >= 3
 
 
 # ----- a real server answers what the manifests ask of it -------------------------------------
@@ -451,7 +588,9 @@ def cpu_server(
     path = tmp / key
     path.write_text(rendered.get("ConfigMap", name)["data"][key])
     config = _config_of(rendered, workload, container, tmp)
-    args = list(container["args"][1:])
+    served = _serve_args(container)
+    assert served is not None
+    args = served[1:]
     args[args.index("--config") + 1] = str(path)
     args += ["--host", "127.0.0.1", "--model-repository", str(ROOT / "models")]
     args += ["--runner-option", "intra_op_threads=1"]  # 2 shared cores here, not 4
@@ -476,19 +615,24 @@ def test_probe_paths_and_ports_are_the_servers_endpoints(
     rendered = render(overlay)
     for workload, container in _server_containers(rendered):
         config = _config_of(rendered, workload, container, tmp_path)
-        by_port = {p["name"]: p["containerPort"] for p in container["ports"]}
         listener_of = {getattr(config, field): name for name, field in PORT_FIELDS.items()}
-        for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
-            get = container[probe_name]["httpGet"]
-            listener = listener_of[by_port[get["port"]]]  # port name -> number -> listener
-            status, body = _get(f"http://{server.host}:{server.ports[listener]}{get['path']}")
+        for probe_name in PROBE_PATHS:
+            probe = container[probe_name]
+            path, port = _probe_target(container, probe)
+            listener = listener_of[port]  # port number -> listener
+            other = "metrics" if listener != "metrics" else "http"
+            if "exec" in probe:  # the script itself, as rank 0 runs it, on the real server
+                assert _run_exec_probe(probe, 0, server.ports[listener]) == 0, probe_name
+                # the same path on another listener is not served: the port matters
+                assert _run_exec_probe(probe, 0, server.ports[other]) != 0, probe_name
+                continue
+            status, body = _get(f"http://{server.host}:{server.ports[listener]}{path}")
             assert status == 200, (overlay, probe_name, status, body)
             assert json.loads(body) in ({"live": True}, {"ready": True})
             # the same path on another listener is not served: the port matters
-            other = "metrics" if listener != "metrics" else "http"
-            status, _ = _get(f"http://{server.host}:{server.ports[other]}{get['path']}")
+            status, _ = _get(f"http://{server.host}:{server.ports[other]}{path}")
             assert status == 404
-        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        annotations = _scrape_annotations(rendered, workload)
         listener = listener_of[int(annotations["prometheus.io/port"])]
         status, body = _get(
             f"http://{server.host}:{server.ports[listener]}{annotations['prometheus.io/path']}"
@@ -568,21 +712,57 @@ def test_multi_gpu_pods_have_shared_memory_and_a_rendezvous() -> None:
             assert int(env["NPROC_PER_NODE"]["value"]) == gpus
 
 
-def test_multi_gpu_launches_through_lab_dist() -> None:
-    """Fails, once lab.dist exists, until the multi-gpu overlay launches through it (the
-    manifests carry a TODO(lab.dist) placeholder: one plain `servelab serve`)."""
-    if importlib.util.find_spec("lab.dist") is None:
-        pytest.skip("lab.dist not landed")
+def test_multi_gpu_launches_through_lab_dist(tmp_path: Path) -> None:
+    """Both multi-gpu workloads run `servelab dist serve` (parsed by the CLI's own parser,
+    the inner `servelab serve` line rebuilt by lab.dist's serve_argv): a torchrun job of one
+    rank per GPU is the server's primary runner; no TensorRT engine is built or mounted."""
     rendered = render("multi-gpu")
-    for workload in (rendered.get("Deployment", "servelab"), rendered.get("Job", "servelab-dist")):
+    deployment = rendered.get("Deployment", "servelab")
+    job = rendered.get("Job", "servelab-dist")
+    assert not rendered.of_kind("PersistentVolumeClaim")  # no engine cache
+    launched = {}
+    for workload in (deployment, job):
+        where = workload["metadata"]["name"]
+        assert not [c for k, c in containers(workload) if k == "init"], where
         main = next(c for k, c in containers(workload) if k == "main")
-        args = expand_env(main["args"], main)
-        if main["command"] == ["torchrun"]:
-            parsed = _parse(main["command"], args)
-            assert parsed.module and parsed.training_script.startswith("lab.dist")
-        else:
-            parsed = _parse(main["command"], args)
-            assert parsed.command != "serve", f"{workload['metadata']['name']} still runs serve"
+        assert not any("engine" in m["mountPath"] for m in main["volumeMounts"]), where
+        parsed = _parse(main["command"], expand_env(main["args"], main))
+        assert (parsed.command, parsed.dist_command) == ("dist", "serve"), where
+        assert parsed.nproc == int(main["resources"]["limits"]["nvidia.com/gpu"]), where
+        config = _config_of(rendered, workload, main, tmp_path)
+        assert config.runner == DIST_RUNNER_SPEC and list(config.model) == [parsed.model]
+        runner = create_runner(config.runner, config.runner_options)
+        for option in ("mode", "nproc", "nnodes", "rdzv_endpoint", "rdzv_id"):
+            wanted = parsed.mode if option == "mode" else getattr(parsed, option)
+            assert runner.options[option] == wanted, (where, option)
+        launched[where] = parsed, config, main
+
+    parsed, config, _ = launched["servelab"]
+    assert (parsed.mode, parsed.model, parsed.nnodes) == ("replicas", "encoder", 1)
+
+    parsed, config, main = launched["servelab-dist"]
+    assert (parsed.mode, parsed.model, parsed.size) == ("shard", "ranker", "large")
+    assert config.fallback_runner == "none"  # no CPU copy of a model sharded over 8 GPUs
+    env = {e["name"]: e for e in main["env"]}
+    spec = job["spec"]
+    assert parsed.nnodes == int(env["NNODES"]["value"]) == spec["completions"] > 1
+    assert parsed.rdzv_endpoint == f"{env['MASTER_ADDR']['value']}:{env['MASTER_PORT']['value']}"
+    assert parsed.rdzv_id
+    assert "job-completion-index" in env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    # the other node ranks join: the torchrun line lab.dist runs there parses with torchrun's
+    # own parser, with the same rendezvous and a rank per GPU
+    for rank in range(1, spec["completions"]):
+        args = expand_env(main["args"], main, {"NODE_RANK": str(rank)})
+        joined = _parse(main["command"], args)
+        assert joined.node_rank == rank and _serve_args(main, rank) is None
+        line = torchrun_command(launch_spec(joined), "lab.dist.rank", [])
+        assert line[1:3] == ["-m", "torch.distributed.run"]
+        torchrun = _parse(["torchrun"], line[3:])
+        assert torchrun.module and torchrun.training_script == "lab.dist.rank"
+        assert int(torchrun.nnodes) == parsed.nnodes
+        assert int(torchrun.nproc_per_node) == parsed.nproc
+        assert torchrun.rdzv_endpoint == parsed.rdzv_endpoint
+        assert torchrun.rdzv_id == parsed.rdzv_id
 
 
 def test_loadtest_targets_the_servers_service() -> None:
