@@ -42,24 +42,28 @@ def test_psi_floors_empty_bins_instead_of_dividing_by_zero() -> None:
 
 
 def test_sliding_window_counts_only_the_last_rows() -> None:
-    reference = np.random.default_rng(1).normal(size=500)
-    feature = Feature("x", lambda t: t["x"][:, 0], reference)
-    window = _Window([feature], rows=100)
+    reference = np.random.default_rng(1).normal(size=(500, 2))
+    feature = Feature("x", "x", {"x": reference})
+    other = Feature("y", "x", {"x": reference}, column=1)
+    window = _Window([feature, other], rows=100)
     rng = np.random.default_rng(2)
     seen = []
     for size in (7, 50, 93, 1, 120, 30):
-        batch = rng.normal(size=(size, 1))
+        batch = rng.normal(size=(size, 2)) * [1.0, 2.0]
         window.add({"x": batch}, size)
-        seen.extend(batch[:, 0])
+        seen.extend(batch)
         last = np.asarray(seen[-100:])
-        brute = np.bincount(feature.bin(last), minlength=feature.bins)
-        np.testing.assert_array_equal(window.counts[0], brute)
+        for j, f in enumerate((feature, other)):
+            brute = np.bincount(f.bin(last[:, j]), minlength=f.bins)
+            np.testing.assert_array_equal(window.counts[j], brute)
+            assert window.psi()[f.name] == pytest.approx(psi(f.reference_counts, brute))
         assert window.size == len(last)
+    assert window.psi()["y"] > window.psi()["x"]  # twice the spread drifts more
 
 
 def test_monitor_thresholds_and_hysteresis_of_the_fallback_flag() -> None:
-    reference = np.random.default_rng(3).normal(size=2000)
-    feature = Feature("x", lambda t: t["x"][:, 0], reference)
+    reference = np.random.default_rng(3).normal(size=(2000, 1))
+    feature = Feature("x", "x", {"x": reference})
     settings = DriftSettings(window_rows=200, min_rows=100, action="fallback", check_every_rows=1)
     monitor = DriftMonitor([feature], [], settings)
     rng = np.random.default_rng(4)

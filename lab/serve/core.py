@@ -468,7 +468,8 @@ def load_model(repository: ModelRepository, name: str, config: ServeConfig) -> M
     drift = None
     if config.drift:
         try:
-            drift = build_monitor(handle, config.drift_settings())
+            trusted = config.fallback_runner if fallback is not None else config.runner
+            drift = build_monitor(handle, config.drift_settings(), trusted)
         except BaseException:
             primary.close()
             if fallback is not None:

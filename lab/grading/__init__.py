@@ -1,0 +1,1 @@
+"""Assessment: exercises, packs, grading (layer L4: composes bench, serve and verify)."""
