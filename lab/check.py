@@ -37,6 +37,7 @@ Outputs = Sequence[Tensors] | Tensors
 # Defaults when config.toml gives no value (KernelBench uses 1e-4 for fp32, 1e-2 for fp16).
 DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"atol": 1e-4, "rtol": 1e-4},
+    "tf32": {"atol": 2e-3, "rtol": 5e-3},
     "fp16": {"atol": 1e-2, "rtol": 1e-2},
     "bf16": {"atol": 5e-2, "rtol": 5e-2},
 }

@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "lab.commands",  # models, export, verify
     "lab.bench.cli",  # bench, compare
     "lab.serve.cli",  # serve
+    "lab.grading.cli",  # exercise, grade
+    "lab.dist.cli",  # dist serve / replicas / loadgen / join
 )
 
 
@@ -67,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command == "compare":  # grade reports get the candidate view
+            from lab.grading.candidates import dispatch_compare
+
+            dispatch_compare(args)
         return int(args.func(args) or 0)
     except LabError as exc:
         print(f"servelab: error: {exc}", file=sys.stderr)

@@ -28,7 +28,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 VERSION = "1"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "tf32", "fp16")  # tf32: the fp32 graph, TF32 math on GPUs
 
 # Triton datatype names <-> numpy dtypes (Open Inference Protocol / KServe v2).
 TRITON_TO_NUMPY: dict[str, str] = {

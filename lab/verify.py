@@ -37,7 +37,7 @@ Sample = dict[str, np.ndarray]
 
 def precision_hint(options: dict[str, Any], precision: str) -> str | None:
     """A hint when runner options ask for reduced precision but the tolerances are fp32's."""
-    if precision != "fp32":
+    if precision not in ("fp32", "tf32"):
         return None
     reduced = [
         f"{key}={value}"
@@ -49,7 +49,7 @@ def precision_hint(options: dict[str, Any], precision: str) -> str | None:
         return None
     return (
         f"hint: {', '.join(reduced)} computes in reduced precision but the outputs were checked "
-        f"against fp32 tolerances; add --precision fp16 to check against fp16 tolerances"
+        f"against {precision} tolerances; add --precision fp16 to check against fp16 tolerances"
     )
 
 

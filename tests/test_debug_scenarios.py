@@ -71,11 +71,14 @@ def test_hidden_checks_fail_as_shipped_and_pass_with_the_reference_fix(
     assert all(line.startswith("PASS ") for line in fixed.lines)
 
 
-def test_the_drift_solution_is_the_labs_own_monitor() -> None:
-    solution = EXERCISES / "drift" / "interviewer" / "solution" / "lab" / "serve" / "drift.py"
-    assert solution.read_text() == (ROOT / "lab" / "serve" / "drift.py").read_text(), (
-        "lab/serve/drift.py changed: copy it to the drift exercise's solution overlay"
-    )
+def test_the_drift_fix_restores_the_labs_own_monitor(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    plant_fault(ROOT, EXERCISES / "drift", tree)
+    monitor = (ROOT / "lab" / "serve" / "drift.py").read_text()
+    assert (tree / "lab" / "serve" / "drift.py").read_text() != monitor  # the stub
+    assert apply_fix(EXERCISES / "drift", tree) == ["lab/serve/drift.py"]
+    assert (tree / "lab" / "serve" / "drift.py").read_text() == monitor
+    assert not (tree / "RESTORE").exists()
 
 
 def test_every_scenario_has_the_catalogue_layout() -> None:

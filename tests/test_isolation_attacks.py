@@ -37,9 +37,12 @@ SECRET_ENV = "SERVELAB_SECRET_SEED"
 SECRET = "918273645546372819"
 # The shortest run the rules allow (p90 is claimed from 64 queries). Stability is not under
 # test here: a looser tolerance keeps a noisy shared CPU from turning a VALID into INVALID.
+# Stability is not what these tests judge, and on a busy 2-core machine (CI beside other
+# jobs) 1-second windows of an honest run differ by 100%+: a loose tolerance keeps the
+# verdicts about the attacks (audits, replay, seeds, worker loss) and nothing else.
 SHORT_RUN = [
     "--model", "encoder", "--size", "small", "--duration-s", "1", "--min-queries", "64",
-    "--warmup-queries", "8", "--stability-tolerance", "0.5",
+    "--warmup-queries", "8", "--stability-tolerance", "5",
     "--no-roofline", "--no-html", "--no-progress",
 ]  # fmt: skip
 TIMEOUT_S = 120.0  # generous: a short run takes 5-20 s on 2 busy cores

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from lab.bench.config import MAIN_JOB_SCENARIOS, BenchConfig, FindPeakConfig, fl
 from lab.bench.flags import add_config_flags, given_settings
 from lab.bench.paths import check_output_file, check_output_folder
 from lab.cliargs import add_model_args, add_runner_args
+from lab.dist.cli import DIST_RUNNER_SPEC, add_dist_args, dist_runner_from_args, dist_settings
 from lab.errors import CheckFailed, ConfigError
 from lab.tracking import DEFAULT_URI, INSTALL_HINT
 
@@ -74,6 +75,7 @@ def register(sub: Any) -> None:
         help="log the run (settings, results, report files) to MLflow; without URI a local "
         f"file store, {DEFAULT_URI} (needs: {INSTALL_HINT})",
     )
+    add_dist_args(bench)  # --dist MODE --nproc N: a torchrun job behind the harness
     bench.set_defaults(func=bench_command, argv=None)  # lab.cli fills argv: provenance
 
     compare = sub.add_parser(
@@ -159,6 +161,9 @@ def bench_command(args: argparse.Namespace) -> int:
     from lab.bench.run import run_bench
 
     config = config_from_args(args)
+    runner = dist_runner_from_args(args, config.worker.load_timeout_s)
+    if runner is not None:  # the report names what runs: the dist runner and its options
+        config = replace(config, runner=DIST_RUNNER_SPEC, runner_options=dist_settings(args))
     check_output_folder(config.report.output)  # before any measuring, not after it
     mlflow_uri = getattr(args, "mlflow_uri", None)
     if mlflow_uri is not None:
@@ -167,10 +172,10 @@ def bench_command(args: argparse.Namespace) -> int:
         require_mlflow()  # before any measuring, not after it
         mlflow_uri = resolve_uri(mlflow_uri)
     extra: dict[str, Any] = {}
-    handle = runner = None
+    handle = None
     with Progress(enabled=not args.no_progress) as progress:
         if config.main_job:
-            handle, runner, extra = prepare_main_job(config, progress)
+            handle, runner, extra = prepare_main_job(config, progress, runner)
         report = run_bench(
             config,
             progress,
@@ -196,7 +201,9 @@ def bench_command(args: argparse.Namespace) -> int:
     return 0 if report["verdict"]["valid"] else 1
 
 
-def prepare_main_job(config: BenchConfig, progress: Any) -> tuple[Any, Any, dict[str, Any]]:
+def prepare_main_job(
+    config: BenchConfig, progress: Any, runner: Any = None
+) -> tuple[Any, Any, dict[str, Any]]:
     """Export (if needed) and verify the model before any timing; verify failing is exit 1."""
     from lab.export import ensure_exported
     from lab.isolation import make_runner
@@ -209,7 +216,7 @@ def prepare_main_job(config: BenchConfig, progress: Any) -> tuple[Any, Any, dict
     with progress.phase(f"export {handle.name} {handle.size} {handle.precision} (if needed)", 0):
         ensure_exported(handle)
     worker = config.worker
-    runner = make_runner(
+    runner = runner or make_runner(
         config.runner,
         config.runner_options,
         isolation=worker.isolation,

@@ -15,7 +15,10 @@ from lab import __version__
 from lab.bench.telemetry import gpu_inventory
 from lab.repository import ModelHandle
 
-LIBRARIES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "psutil")
+LIBRARIES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "psutil",
+             "pycuda", "nvidia-ml-py")  # fmt: skip
+# TensorRT ships under several distribution names; which one is installed tells its CUDA major.
+TENSORRT_PACKAGES = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11")
 
 
 def cpu_model() -> str:
@@ -36,6 +39,38 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return found
+
+
+def cuda_stack() -> dict[str, Any]:
+    """CUDA runtime and cuDNN that torch was built with, the installed TensorRT package(s), and
+    a warning when onnxruntime and onnxruntime-gpu are both installed (they overwrite each
+    other's files). Reads versions only: no CUDA context is created in the harness."""
+    info: dict[str, Any] = {"cuda_runtime": None, "cudnn": None}
+    try:
+        import torch
+
+        info["cuda_runtime"] = torch.version.cuda
+        if torch.version.cuda:
+            info["cudnn"] = torch.backends.cudnn.version()
+    except (ImportError, RuntimeError, OSError):
+        pass
+    packages = {}
+    for name in TENSORRT_PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    info["tensorrt_packages"] = packages
+    installed = set()
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            importlib.metadata.version(name)
+            installed.add(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if len(installed) == 2:
+        info["warning"] = "onnxruntime and onnxruntime-gpu are both installed: keep one"
+    return info
 
 
 def git_state(root: Path) -> dict[str, Any]:
@@ -99,6 +134,7 @@ def fingerprint(root: Path | None = None) -> dict[str, Any]:
         },
         "memory_bytes": int(memory.total),
         "gpu": gpu_inventory(),
+        "cuda": cuda_stack(),
         "libraries": library_versions(),
         "git": git_state(root),
     }

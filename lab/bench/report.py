@@ -12,7 +12,9 @@ with `lab.bench.schema.validate` when a report is written and when one is read. 
     environment      CPU, GPU and driver, memory, library versions, git commit and dirty flag
                      (modified or untracked files, or an uncommitted runner plugin)
     model            name, size, precision, ONNX and weights sha256, public seed, seed label, SLO
-    targets          what was driven: {"candidate": ..., "baseline": ...}
+    targets          what was driven: {"candidate": ..., "baseline": ...}; each runner's
+                     describe() with, on GPU runners, math_mode and (onnxruntime) the
+                     providers asked for and those that actually ran
     provenance       the command line, the --config file's content, each runner's source
                      and its sha256, why the tree counts as dirty (lab.bench.provenance)
     verify           the pre-run verify result (main job) or absent

@@ -16,8 +16,10 @@ gathered from (embeddings), whose gathered rows count instead; every activation 
 once and read once per consumer; graph inputs are read. Per sample at batch B the weights
 are amortised over B samples.
 
-Ceilings, measured at the start of the run through the runner's framework: a large fp32
-matrix product (FLOP/s) and a large memory copy (bytes/s counted as read + write).
+Ceilings, measured at the start of the run: a large matrix product (FLOP/s) and a large
+memory copy (bytes/s counted as read + write). On the CPU one method (numpy) serves every
+runner; on a GPU torch with CUDA events, in the runner's math mode (fp32 with TF32 off, tf32,
+fp16 or bf16 tensor cores), so a fraction of peak cannot exceed 1 for a wrong ceiling.
 """
 
 from __future__ import annotations
@@ -290,35 +292,41 @@ def _ort_matmul(n: int) -> Any:
     return lambda: session.run(["c"], {"a": a, "b": b})
 
 
+GPU_MATMUL_N = 8192  # large enough that an H100/H200 runs its tensor cores near peak
+GPU_COPY_BYTES = 1 << 30
+CEILING_DTYPES = ("fp32", "tf32", "fp16", "bf16")
+
+
 def measure_ceilings(
-    framework: str = "onnxruntime",
+    framework: str = "numpy",
     budget_s: float = 1.0,
     matmul_n: int = 1024,
     copy_bytes: int = 256 << 20,
     device: str = "cpu",
+    math: str = "fp32",
 ) -> dict[str, Any]:
-    """Peak fp32 FLOP/s (a matrix product) and memory bandwidth (a copy), ~`budget_s` each.
+    """Peak FLOP/s (a matrix product) and memory bandwidth (a copy), ~`budget_s` each.
 
-    framework: "onnxruntime" (an ONNX MatMul on the CPU provider), "torch" (torch.matmul on
-    `device`, cuda included) or "numpy"."""
+    framework: "numpy" (the one CPU method every runner's report uses), "onnxruntime" (an ONNX
+    MatMul on the CPU provider; kept for comparison) or "torch" (on `device`; on CUDA timed
+    with CUDA events on GPU_MATMUL_N matrices in `math`: fp32 with TF32 off, tf32, fp16 or
+    bf16, so "% of peak" compares a runner with the ceiling of the arithmetic it uses)."""
+    if framework == "torch" and device.startswith("cuda"):
+        return measure_gpu_ceilings(device, math, budget_s)
     flop = 2.0 * matmul_n**3
     if framework == "torch":
         import torch
 
-        dev = torch.device(device)
-        a = torch.randn(matmul_n, matmul_n, device=dev)
-        b = torch.randn(matmul_n, matmul_n, device=dev)
-        src = torch.empty(copy_bytes // 4, device=dev)
+        a = torch.randn(matmul_n, matmul_n)
+        b = torch.randn(matmul_n, matmul_n)
+        src = torch.empty(copy_bytes // 4)
         dst = torch.empty_like(src)
-        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
         def matmul() -> None:
             torch.matmul(a, b)
-            sync()
 
         def copy() -> None:
             dst.copy_(src)
-            sync()
 
     else:
         if framework == "onnxruntime":
@@ -343,6 +351,68 @@ def measure_ceilings(
     return {
         "framework": framework if framework != "onnxruntime" else "onnxruntime (cpu)",
         "device": device,
+        "math": "fp32",
+        "matmul_n": matmul_n,
+        "copy_bytes": copy_bytes,
+        "peak_flops_per_s": peak_flops,
+        "peak_bytes_per_s": peak_bytes,
+        "ridge_flops_per_byte": peak_flops / peak_bytes if peak_bytes > 0 else None,
+        "measured_s": time.perf_counter() - started,
+    }
+
+
+def measure_gpu_ceilings(
+    device: str = "cuda", math: str = "fp32", budget_s: float = 1.0,
+    matmul_n: int = GPU_MATMUL_N, copy_bytes: int = GPU_COPY_BYTES,
+) -> dict[str, Any]:  # fmt: skip
+    """GPU ceilings timed with CUDA events on the runner's device, synchronising that device
+    only. UNVERIFIED: no GPU has run this yet (benchmarks/gpu_check.py does)."""
+    import torch
+
+    if math not in CEILING_DTYPES:
+        raise ValueError(f"unknown math {math!r} for GPU ceilings: {', '.join(CEILING_DTYPES)}")
+    dev = torch.device(device)
+    dtype = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
+             "bf16": torch.bfloat16}[math]  # fmt: skip
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = math == "tf32"
+    try:
+        a = torch.randn(matmul_n, matmul_n, device=dev, dtype=dtype)
+        b = torch.randn(matmul_n, matmul_n, device=dev, dtype=dtype)
+        c = torch.empty(matmul_n, matmul_n, device=dev, dtype=dtype)
+        src = torch.empty(copy_bytes // 4, device=dev, dtype=torch.float32)
+        dst = torch.empty_like(src)
+
+        def timed(op: Any, work: float) -> float:
+            """Best work/s over repeats within the budget (each timed by events)."""
+            with torch.cuda.device(dev):
+                op()  # warm-up (cuBLAS handle, workspace)
+                torch.cuda.synchronize(dev)
+                best, spent_s, repeats = 0.0, 0.0, 0
+                while repeats < 3 or (spent_s < budget_s and repeats < 50):
+                    start = torch.cuda.Event(enable_timing=True)
+                    end = torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    op()
+                    end.record()
+                    end.synchronize()
+                    ms = float(start.elapsed_time(end))
+                    spent_s += ms / 1000.0
+                    repeats += 1
+                    if ms > 0:
+                        best = max(best, work / (ms / 1000.0))
+            return best
+
+        started = time.perf_counter()
+        peak_flops = timed(lambda: torch.matmul(a, b, out=c), 2.0 * matmul_n**3)
+        peak_bytes = timed(lambda: dst.copy_(src), 2.0 * copy_bytes)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    return {
+        "framework": "torch (cuda events)",
+        "device": device,
+        "device_name": torch.cuda.get_device_name(dev),
+        "math": math,
         "matmul_n": matmul_n,
         "copy_bytes": copy_bytes,
         "peak_flops_per_s": peak_flops,

@@ -138,18 +138,32 @@ def isolation_report(
 
 
 # ----- roofline --------------------------------------------------------------------------
-def _ceiling_framework(runner: Runner | None) -> tuple[str, str]:
-    """(framework, device) the ceilings are measured with: the runner's own where we can."""
+def _ceiling_framework(runner: Runner | None, precision: str = "fp32") -> tuple[str, str, str]:
+    """(framework, device, math) the ceilings are measured with: on a GPU, torch with CUDA
+    events in the runner's math mode; on the CPU one method (numpy) for every runner, so the
+    roofline and compare's "machine differed" warning agree between runners."""
     if runner is None:
-        return "numpy", "cpu"
+        return "numpy", "cpu", "fp32"
     name, options = spec_of(runner)
     if name == "torch":
-        return "torch", str(options.get("device", "cpu"))
-    if runner.name == "onnxruntime" and str(options.get("provider", "cpu")) == "cpu":
-        return "onnxruntime", "cpu"
-    if runner.name in ("onnxruntime", "tensorrt"):
-        return "torch", "cuda"
-    return "numpy", "cpu"
+        device = str(options.get("device", "cpu"))
+        if device.startswith("cuda"):
+            return "torch", device, str(options.get("dtype", "fp32"))
+        return "numpy", "cpu", "fp32"
+    gpu = name == "tensorrt" or (
+        name == "onnxruntime" and str(options.get("provider", "cpu")) != "cpu"
+    )
+    if gpu:
+        math = str(options.get("math") or ("fp32" if precision == "fp32" else precision))
+        return "torch", f"cuda:{int(options.get('device_id', 0))}", math
+    return "numpy", "cpu", "fp32"
+
+
+def _cuda_index(runner: Runner | None, precision: str) -> int:
+    """The CUDA device the runner computes on (0 on the CPU): telemetry watches that GPU."""
+    _, device, _ = _ceiling_framework(runner, precision)
+    index = device.partition(":")[2] if device.startswith("cuda") else ""
+    return int(index) if index.isdigit() else 0
 
 
 def measure_roofline(
@@ -165,12 +179,12 @@ def measure_roofline(
         return {
             "skipped": "remote target: the ceilings of this machine say nothing of the server's"
         }
-    framework, device = _ceiling_framework(runner)
+    framework, device, math = _ceiling_framework(runner, handle.precision)
     with progress.phase("roofline: counting work and measuring ceilings", 3.0):
         pool = workload.samples(256, "roofline")
         work = work_model(handle.onnx_path, pool, handle.inputs)
         try:
-            ceilings = measure_ceilings(framework, budget_s=0.5, device=device)
+            ceilings = measure_ceilings(framework, budget_s=0.5, device=device, math=math)
         except (ImportError, RuntimeError) as exc:  # e.g. CUDA asked for but not usable
             ceilings = measure_ceilings("numpy", budget_s=0.5)
             ceilings["fallback_reason"] = f"{framework} on {device}: {exc}"
@@ -181,7 +195,10 @@ def measure_roofline(
 def run_scenario(context: BenchContext, name: str, earlier: Mapping[str, Result]) -> Result:
     """One registered scenario with telemetry, wall time and its metrics."""
     scenario = SCENARIOS[name]
-    telemetry = Telemetry() if context.config.report.telemetry else None
+    telemetry = None
+    if context.config.report.telemetry:
+        # NVML watches the GPU the runner computes on (cuda:N mapped to NVML's numbering).
+        telemetry = Telemetry(cuda_index=context.cuda_index)
     if telemetry is not None:
         telemetry.start()
     started = time.perf_counter()
@@ -190,6 +207,8 @@ def run_scenario(context: BenchContext, name: str, earlier: Mapping[str, Result]
     finally:
         usage = telemetry.stop() if telemetry is not None else None
     result["wall_s"] = time.perf_counter() - started
+    if usage and usage.get("gpu_energy_j") is not None and result.get("queries"):
+        usage["gpu_energy_j_per_query"] = usage["gpu_energy_j"] / float(result["queries"])
     result["telemetry"] = usage
     result["metrics"] = scenario_metrics(result, scenario.metrics)
     return result
@@ -290,6 +309,7 @@ def run_bench(
             progress,
             work=roofline.get("work"),
             ceilings=roofline.get("ceilings"),
+            cuda_index=_cuda_index(candidate_runner, handle.precision),
         )
         report: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,

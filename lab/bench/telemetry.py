@@ -3,12 +3,16 @@
 Process CPU (percent of one core, so 200 means two busy cores) and resident memory come from
 psutil, for the harness together with its child processes (the runner workers: their work is
 the run's work), and so does the CPU that other processes used meanwhile (in cores): a
-benchmark on a machine that was not quiet says so. GPU utilisation, memory, power and clocks come from NVML (`nvidia-ml-py`, imported
+benchmark on a machine that was not quiet says so. GPU utilisation, memory, power, clocks,
+temperature, energy and clock-throttle reasons come from NVML (`nvidia-ml-py`, imported
 lazily): without the package, without a driver or without a GPU, the report says "no GPU".
+The runner's CUDA device is mapped to NVML's numbering (CUDA_VISIBLE_DEVICES, UUID); a metric
+NVML refuses (utilisation on a MIG slice) is recorded in `gpu_errors` and the others go on.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -34,8 +38,71 @@ def _nvml() -> Any:
     return pynvml
 
 
+THROTTLE_REASONS = {  # nvmlClocksEventReason* / nvmlClocksThrottleReason* bits
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
+
+def throttle_names(mask: int) -> list[str]:
+    """Names of the clock-throttle reason bits set in `mask` (unknown bits as hex)."""
+    names = [name for bit, name in THROTTLE_REASONS.items() if mask & bit]
+    unknown = mask & ~sum(THROTTLE_REASONS)
+    return names + ([hex(unknown)] if unknown else [])
+
+
+def _device_ids(nvml: Any, handle: Any) -> dict[str, Any]:
+    """UUID, PCI bus id and compute capability; each one that NVML refuses is left out."""
+    ids: dict[str, Any] = {}
+    for key, call in (
+        ("uuid", lambda: _text(nvml.nvmlDeviceGetUUID(handle))),
+        ("pci_bus_id", lambda: _text(nvml.nvmlDeviceGetPciInfo(handle).busId)),
+        ("compute_capability", lambda: ".".join(map(str, nvml.nvmlDeviceGetCudaComputeCapability(handle)))),
+    ):  # fmt: skip
+        try:
+            ids[key] = call()
+        except (nvml.NVMLError, AttributeError):
+            continue
+    return ids
+
+
+def nvml_index(
+    cuda_index: int, visible: str | None, devices: list[dict[str, Any]], uuid: str | None = None
+) -> int:
+    """The NVML index of CUDA device `cuda_index`.
+
+    NVML numbers every GPU of the machine in PCI bus order; CUDA numbers only those in
+    CUDA_VISIBLE_DEVICES (indices or GPU-/MIG- UUID prefixes), in that order. A UUID (from the
+    runner's process, torch.cuda.get_device_properties(i).uuid) wins when known. `devices`:
+    [{"index", "uuid", "pci_bus_id"}] from NVML."""
+    if uuid:
+        wanted = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+        for d in devices:
+            if str(d.get("uuid", "")).lower() == wanted.lower():
+                return int(d["index"])
+    if visible is None or not visible.strip():
+        return cuda_index
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if cuda_index >= len(entries):
+        raise IndexError(f"CUDA device {cuda_index} is not among CUDA_VISIBLE_DEVICES={visible}")
+    entry = entries[cuda_index]
+    if entry.isdigit():
+        return int(entry)
+    for d in devices:  # a UUID prefix, as CUDA accepts
+        if str(d.get("uuid", "")).lower().startswith(entry.lower()):
+            return int(d["index"])
+    raise IndexError(f"CUDA_VISIBLE_DEVICES entry {entry!r} matches no GPU NVML knows")
+
+
 def gpu_inventory() -> dict[str, Any]:
-    """GPU names, memory and driver for the environment fingerprint."""
+    """GPU names, memory, UUID, PCI bus id, compute capability and driver for the fingerprint."""
     nvml = _nvml()
     if nvml is None:
         return {"gpu": NO_GPU}
@@ -46,7 +113,7 @@ def gpu_inventory() -> dict[str, Any]:
             handle = nvml.nvmlDeviceGetHandleByIndex(i)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             devices.append({"index": i, "name": _text(nvml.nvmlDeviceGetName(handle)),
-                            "memory_total_bytes": int(memory.total)})  # fmt: skip
+                            "memory_total_bytes": int(memory.total), **_device_ids(nvml, handle)})  # fmt: skip
         return {"gpu": devices, "driver": _text(driver)}
     except nvml.NVMLError as exc:
         return {"gpu": NO_GPU, "nvml_error": str(exc)}
@@ -59,9 +126,17 @@ def _text(value: Any) -> str:
 class Telemetry:
     """Samples process CPU%/RSS (and GPU metrics when NVML works) every `interval_s`."""
 
-    def __init__(self, interval_s: float = 0.25, gpu_index: int = 0) -> None:
+    def __init__(
+        self, interval_s: float = 0.25, cuda_index: int = 0, gpu_uuid: str | None = None
+    ) -> None:
         self.interval_s = interval_s
-        self.gpu_index = gpu_index
+        self.cuda_index = cuda_index  # the runner's CUDA device, mapped to NVML's numbering
+        self.gpu_uuid = gpu_uuid
+        self.gpu_index: int | None = None
+        self.gpu_errors: dict[str, str] = {}  # metric -> why NVML refused it (others go on)
+        self.throttle_reasons: set[str] = set()
+        self._energy_start_mj: float | None = None
+        self.energy_j: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.cpu_percent: list[float] = []
@@ -86,11 +161,21 @@ class Telemetry:
         self._cores = psutil.cpu_count() or 1
         self._nvml = _nvml()
         if self._nvml is not None:
+            nvml = self._nvml
             try:
-                self._handle = self._nvml.nvmlDeviceGetHandleByIndex(self.gpu_index)
-                self.gpu_status = _text(self._nvml.nvmlDeviceGetName(self._handle))
-            except self._nvml.NVMLError as exc:
+                devices = gpu_inventory()["gpu"]
+                self.gpu_index = nvml_index(
+                    self.cuda_index,
+                    os.environ.get("CUDA_VISIBLE_DEVICES"),
+                    devices if isinstance(devices, list) else [],
+                    self.gpu_uuid,
+                )
+                self._handle = nvml.nvmlDeviceGetHandleByIndex(self.gpu_index)
+                self.gpu_status = _text(nvml.nvmlDeviceGetName(self._handle))
+            except (nvml.NVMLError, IndexError) as exc:
                 self._nvml, self.gpu_status = None, f"{NO_GPU} ({exc})"
+            else:
+                self._energy_start_mj = self._energy_mj()
         self._started = time.perf_counter()
         self._thread = threading.Thread(target=self._loop, name="bench-telemetry", daemon=True)
         self._thread.start()
@@ -134,27 +219,47 @@ class Telemetry:
         self.rss_bytes.append(rss)
         if self._nvml is None:
             return
-        nvml = self._nvml
-        try:
-            util = nvml.nvmlDeviceGetUtilizationRates(self._handle)
-            memory = nvml.nvmlDeviceGetMemoryInfo(self._handle)
-            values = {
-                "utilization_percent": float(util.gpu),
-                "memory_used_bytes": float(memory.used),
-                "power_w": nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0,
-                "sm_clock_mhz": float(
-                    nvml.nvmlDeviceGetClockInfo(self._handle, nvml.NVML_CLOCK_SM)
-                ),
-                "memory_clock_mhz": float(
-                    nvml.nvmlDeviceGetClockInfo(self._handle, nvml.NVML_CLOCK_MEM)
-                ),
-            }
-        except nvml.NVMLError as exc:
-            self.gpu_status = f"NVML error: {exc}"
-            self._nvml = None
-            return
-        for key, value in values.items():
+        nvml, handle = self._nvml, self._handle
+        metrics: dict[str, Any] = {
+            "utilization_percent": lambda: float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+            "memory_used_bytes": lambda: float(nvml.nvmlDeviceGetMemoryInfo(handle).used),
+            "power_w": lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,  # mW
+            "sm_clock_mhz": lambda: float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM)),
+            "memory_clock_mhz": lambda: float(
+                nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM)
+            ),
+            "temperature_c": lambda: float(
+                nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)
+            ),
+        }
+        for key, read in metrics.items():
+            if key in self.gpu_errors:
+                continue  # refused once (e.g. utilisation on a MIG slice): not asked again
+            try:
+                value = read()
+            except (nvml.NVMLError, AttributeError) as exc:
+                self.gpu_errors[key] = f"{type(exc).__name__}: {exc}"
+                continue
             self.gpu.setdefault(key, []).append(value)
+        if "throttle_reasons" not in self.gpu_errors:
+            try:
+                reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or (
+                    nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+                )
+                self.throttle_reasons.update(throttle_names(int(reasons(handle))))
+            except (nvml.NVMLError, AttributeError) as exc:
+                self.gpu_errors["throttle_reasons"] = f"{type(exc).__name__}: {exc}"
+
+    def _energy_mj(self) -> float | None:
+        """Total energy since the driver loaded, in mJ (Volta and newer); None when refused."""
+        nvml = self._nvml
+        if nvml is None or "energy" in self.gpu_errors:
+            return None
+        try:
+            return float(nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        except (nvml.NVMLError, AttributeError) as exc:
+            self.gpu_errors["energy"] = f"{type(exc).__name__}: {exc}"
+            return None
 
     def stop(self) -> dict[str, Any]:
         self._stop.set()
@@ -163,6 +268,9 @@ class Telemetry:
         self._elapsed = time.perf_counter() - self._started
         if not self.cpu_percent:
             self._sample()
+        end_mj = self._energy_mj() if self._energy_start_mj is not None else None
+        if end_mj is not None and self._energy_start_mj is not None:
+            self.energy_j = (end_mj - self._energy_start_mj) / 1000.0
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
@@ -182,6 +290,14 @@ class Telemetry:
             "other_processes_cpu_cores_mean": float(others.mean()) if others.size else None,
             "gpu": self.gpu_status,
         }
+        if self.gpu_index is not None:
+            result["gpu_nvml_index"] = self.gpu_index
+        if self.energy_j is not None:
+            result["gpu_energy_j"] = self.energy_j
+        if self.throttle_reasons:
+            result["gpu_throttle_reasons"] = sorted(self.throttle_reasons)
+        if self.gpu_errors:
+            result["gpu_errors"] = dict(self.gpu_errors)
         if self.gpu:
             result["gpu_metrics"] = {
                 key: {"mean": float(np.mean(v)), "max": float(np.max(v))}

@@ -137,12 +137,33 @@ def copy_exports(lab_root: Path, tree: Path) -> None:
 
 
 def apply_fix(exercise_dir: Path, tree: Path) -> list[str]:
-    """Overlay the reference solution (interviewer/solution/) onto a planted tree."""
+    """Overlay the reference solution (interviewer/solution/) onto a planted tree. A file
+    `RESTORE` there lists lab paths (one a line, # comments) restored from the lab that holds
+    the catalogue (exercises/<name>/../..) instead of being copied into the solution: where
+    the lab's own code is the reference fix, a copy would go stale."""
     exercise_dir = _exercise(exercise_dir)
     solution = exercise_dir / "interviewer" / "solution"
     if not solution.is_dir():
         raise ConfigError(f"exercise {exercise_dir.name} has no interviewer/solution/")
-    return overlay(solution, Path(tree))
+    tree = Path(tree)
+    restore = solution / "RESTORE"
+    written = []
+    if restore.is_file():
+        lab_root = exercise_dir.resolve().parents[1]
+        for line in restore.read_text().splitlines():
+            name = line.split("#", 1)[0].strip()
+            if not name:
+                continue
+            source = lab_root / name
+            if ".." in Path(name).parts or not source.is_file():
+                raise ConfigError(f"{restore}: cannot restore {name!r} from {lab_root}")
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, tree / name)
+            written.append(name)
+    with tempfile.TemporaryDirectory(prefix="servelab-solution-") as tmp:
+        files = Path(tmp) / "solution"
+        shutil.copytree(solution, files, ignore=shutil.ignore_patterns("RESTORE", "__pycache__"))
+        return written + overlay(files, tree)
 
 
 def _junit_lines(xml_path: Path) -> list[tuple[bool, str]]:

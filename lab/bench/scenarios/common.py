@@ -67,6 +67,7 @@ class BenchContext:
     ceilings: dict[str, Any] | None = None  # roofline: measured peak FLOP/s and bytes/s
     streams: StreamNames = field(default_factory=StreamNames)
     seen: set[int] = field(default_factory=set)  # sample digests of the current scenario
+    cuda_index: int = 0  # the runner's CUDA device, for NVML telemetry
 
     def for_scenario(self) -> BenchContext:
         """The same run with a fresh set of seen samples (the stream counter is shared)."""
