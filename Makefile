@@ -24,7 +24,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(PIP_CONSTRAINT_FLAG) -e '.[test,load]'
+	$(BIN)/python -m pip install -q $(PIP_CONSTRAINT_FLAG) -e '.[test,load,mlflow]'
 	touch $(STAMP)
 
 deploy-tools: $(DEPLOY_STAMP)

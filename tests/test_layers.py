@@ -4,7 +4,7 @@
     L1  lab.repository, lab.weights, lab.workload, lab.check, lab.batcher, lab.export
     L2  lab.runners, lab.protocol, lab.isolation
     L3  lab.bench, lab.serve, lab.dist, lab.verify
-    L4  lab.grading, lab.cli, lab.cliargs, lab.commands, lab.__main__, and every lab.<pkg>.cli
+    L4  lab.grading, lab.tracking, lab.cli, lab.cliargs, lab.commands, lab.__main__, and every lab.<pkg>.cli
 
 Within a layer: lab.protocol imports neither lab.runners nor lab.isolation, lab.runners does
 not import lab.isolation (the worker hosts runners, not the other way round), and the L3
@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "lab.dist": 3,
     "lab.verify": 3,
     "lab.grading": 4,
+    "lab.tracking": 4,
     "lab.cli": 4,
     "lab.cliargs": 4,
     "lab.commands": 4,

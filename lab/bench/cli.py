@@ -15,6 +15,7 @@ from lab.bench.paths import check_output_file, check_output_folder
 from lab.cliargs import add_model_args, add_runner_args
 from lab.dist.cli import DIST_RUNNER_SPEC, add_dist_args, dist_runner_from_args, dist_settings
 from lab.errors import CheckFailed, ConfigError
+from lab.tracking import DEFAULT_URI, INSTALL_HINT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,6 +66,15 @@ def register(sub: Any) -> None:
     add_model_args(bench)
     add_runner_args(bench)
     add_bench_args(bench)
+    bench.add_argument(
+        "--mlflow-uri",
+        nargs="?",
+        const=DEFAULT_URI,
+        default=None,
+        metavar="URI",
+        help="log the run (settings, results, report files) to MLflow; without URI a local "
+        f"file store, {DEFAULT_URI} (needs: {INSTALL_HINT})",
+    )
     add_dist_args(bench)  # --dist MODE --nproc N: a torchrun job behind the harness
     bench.set_defaults(func=bench_command, argv=None)  # lab.cli fills argv: provenance
 
@@ -155,6 +165,12 @@ def bench_command(args: argparse.Namespace) -> int:
     if runner is not None:  # the report names what runs: the dist runner and its options
         config = replace(config, runner=DIST_RUNNER_SPEC, runner_options=dist_settings(args))
     check_output_folder(config.report.output)  # before any measuring, not after it
+    mlflow_uri = getattr(args, "mlflow_uri", None)
+    if mlflow_uri is not None:
+        from lab.tracking import require_mlflow, resolve_uri
+
+        require_mlflow()  # before any measuring, not after it
+        mlflow_uri = resolve_uri(mlflow_uri)
     extra: dict[str, Any] = {}
     handle = None
     with Progress(enabled=not args.no_progress) as progress:
@@ -176,6 +192,12 @@ def bench_command(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     if ".html" in paths:
         print(f"open {paths['.html'].resolve().as_uri()} in a browser for the plots")
+    if mlflow_uri is not None:
+        from lab.bench.report import jsonable
+        from lab.tracking import log_bench_report
+
+        run_id = log_bench_report(mlflow_uri, jsonable(report), paths.values())
+        print(f"logged MLflow run {run_id} to {mlflow_uri}")
     return 0 if report["verdict"]["valid"] else 1
 
 

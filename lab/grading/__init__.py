@@ -9,4 +9,6 @@ lab.verify and lab.isolation).
     report.py      the versioned grade report (JSON) and its Markdown
     candidates.py  `servelab compare` over grade reports: ranked by score
     cli.py         `servelab exercise list|show|pack` and `servelab grade`
+    debug.py       pair-debug scenarios: plant the fault in a copy of the lab, apply the
+                   reference fix, run the hidden checks in a child process
 """

@@ -138,6 +138,35 @@ def register(sub: Any) -> None:
         f"seconds between probes of a failed primary (default: {_D.breaker_probe_s:g})",
         type=float,
     )
+    g = p.add_argument_group("drift monitoring (PSI against the reference workload)")
+    _flag(g, "--no-drift", "switch drift monitoring off", action="store_false", dest="drift")
+    _flag(
+        g,
+        "--drift-window-rows",
+        f"rows in the sliding window (default: {_D.drift_window_rows})",
+        type=int,
+    )
+    _flag(
+        g,
+        "--drift-min-rows",
+        f"rows the window needs before PSI is reported (default: {_D.drift_min_rows})",
+        type=int,
+    )
+    _flag(g, "--drift-warn-psi", f"warn threshold (default: {_D.drift_warn_psi:g})", type=float)
+    _flag(g, "--drift-alert-psi", f"alert threshold (default: {_D.drift_alert_psi:g})", type=float)
+    _flag(
+        g,
+        "--drift-action",
+        "alert: gauges only; fallback: also route to the fallback runner while an input is at "
+        f"alert, until all are under warn (default: {_D.drift_action})",
+        choices=("alert", "fallback"),
+    )
+    _flag(
+        g,
+        "--drift-reference-rows",
+        f"reference workload rows (default: {_D.drift_reference_rows})",
+        type=int,
+    )
     p.set_defaults(func=run)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import ConfigError
+from lab.serve.drift import DriftSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,6 +67,26 @@ class ServeConfig:
     grace_s: float = 30.0
     # Export models that are missing or stale at startup (needs PyTorch in the server).
     export: bool = True
+    # Drift monitoring (lab/serve/drift.py): PSI of inputs and outputs over the last
+    # `drift_window_rows` rows against the reference workload; warn / alert thresholds;
+    # action "fallback" routes batches to the fallback runner while an input is at alert.
+    drift: bool = True
+    drift_window_rows: int = 1000
+    drift_min_rows: int = 200
+    drift_warn_psi: float = 0.1
+    drift_alert_psi: float = 0.25
+    drift_action: str = "alert"
+    drift_reference_rows: int = 2000
+
+    def drift_settings(self) -> DriftSettings:
+        return DriftSettings(
+            window_rows=self.drift_window_rows,
+            min_rows=self.drift_min_rows,
+            warn_psi=self.drift_warn_psi,
+            alert_psi=self.drift_alert_psi,
+            action=self.drift_action,
+            reference_rows=self.drift_reference_rows,
+        )
 
     def validate(self) -> ServeConfig:
         if not self.model:
@@ -95,6 +116,10 @@ class ServeConfig:
             raise ConfigError("max-batch-size must be at least 1")
         if self.max_queue_delay_us is not None and self.max_queue_delay_us < 0:
             raise ConfigError("max-queue-delay-us must be >= 0")
+        if self.drift:
+            self.drift_settings().validate()
+            if self.drift_action == "fallback" and self.fallback_runner == "none":
+                raise ConfigError("drift-action fallback needs a fallback runner")
         return self
 
     def auth_token(self) -> str | None:

@@ -45,6 +45,7 @@ from lab.runners import create_runner
 from lab.runners.base import Runner
 from lab.serve.breaker import CircuitBreaker
 from lab.serve.config import ServeConfig
+from lab.serve.drift import DriftMonitor, build_monitor
 from lab.serve.errors import BatchFailed, ShuttingDown, failure_reason
 
 SERVER_NAME = "servelab"
@@ -195,6 +196,7 @@ class ModelState:
         primary: Runner,
         fallback: Runner | None,
         config: ServeConfig,
+        drift: DriftMonitor | None = None,
     ) -> None:
         model_max = handle.config.max_batch_size
         max_batch = config.max_batch_size or model_max
@@ -218,6 +220,7 @@ class ModelState:
         self.max_queue_delay_us = delay_us
         self.preferred_batch_sizes = preferred
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_probe_s)
+        self.drift = drift
         self.stats = ModelStats()
         self.batcher = DynamicBatcher(
             self._execute_merged,
@@ -250,7 +253,14 @@ class ModelState:
     def degraded(self) -> bool:
         return self.breaker.degraded
 
+    @property
+    def drift_fallback(self) -> bool:
+        """True while the drift policy sends this model's batches to the fallback."""
+        return self.drift is not None and self.drift.fallback_active and self.fallback is not None
+
     def start(self) -> None:
+        if self.drift is not None:  # reference outputs from the trusted runner
+            self.drift.start(self._run_fallback if self.fallback is not None else self._run_primary)
         self.batcher.start()
         self.ready = True
 
@@ -259,6 +269,8 @@ class ModelState:
         self.batcher.stop(drain=True, timeout_s=timeout_s)
         if self._primary_pool is not None:
             self._primary_pool.shutdown(wait=False, cancel_futures=True)
+        if self.drift is not None:
+            self.drift.close()
         self.primary.close()
         if self.fallback is not None:
             self.fallback.close()
@@ -294,17 +306,17 @@ class ModelState:
         nobody is sent to the fallback until one request on its own shows whose fault it is."""
         rows = batch_size_of(batch)
         start = time.perf_counter_ns()
-        if self.breaker.allow_primary():
+        if not self.drift_fallback and self.breaker.allow_primary():
             try:
                 outputs = self._run_primary(batch)
             except LabError:
                 self.breaker.record_inconclusive()  # a probe in flight waits for the next one
                 raise
             self.breaker.record_success()
-            return self._with_info(outputs, rows, PRIMARY, start)
+            return self._with_info(outputs, rows, PRIMARY, start, batch)
         if self.fallback is None:  # pragma: no cover - the breaker never opens without one
             raise RunnerError(f"runner {self.primary.name} is unavailable")
-        return self._with_info(self._run_fallback(batch), rows, FALLBACK, start)
+        return self._with_info(self._run_fallback(batch), rows, FALLBACK, start, batch)
 
     def _execute_alone(self, batch: Tensors) -> dict[str, np.ndarray]:
         """One request: the primary; on a runner fault the fallback answers and the fault
@@ -312,7 +324,7 @@ class ModelState:
         rows = batch_size_of(batch)
         start = time.perf_counter_ns()
         primary_error: LabError | None = None
-        if self.breaker.allow_primary():
+        if not self.drift_fallback and self.breaker.allow_primary():
             try:
                 outputs = self._run_primary(batch)
             except InputError:
@@ -322,7 +334,7 @@ class ModelState:
                 primary_error = exc
             else:
                 self.breaker.record_success()
-                return self._with_info(outputs, rows, PRIMARY, start)
+                return self._with_info(outputs, rows, PRIMARY, start, batch)
         if self.fallback is None:
             assert primary_error is not None
             raise BatchFailed(f"runner {self.primary.name} failed: {primary_error}", rows)
@@ -340,12 +352,14 @@ class ModelState:
             raise InputError(f"model {self.name} rejected the input: {message}") from exc
         if primary_error is not None:
             self.breaker.record_failure(str(primary_error))
-        return self._with_info(outputs, rows, FALLBACK, start)
+        return self._with_info(outputs, rows, FALLBACK, start, batch)
 
     def _with_info(
-        self, outputs: dict[str, np.ndarray], rows: int, route: int, start: int
+        self, outputs: dict[str, np.ndarray], rows: int, route: int, start: int, batch: Tensors
     ) -> dict[str, np.ndarray]:
         end = time.perf_counter_ns()
+        if self.drift is not None:  # binned on the monitor's own thread
+            self.drift.submit(batch, outputs)
         self._local.last = (start, end)
         info = np.empty((rows, 3), np.int64)
         info[:] = (route, start, end)
@@ -425,6 +439,7 @@ class ModelState:
             **self.stats.to_dict(),
             "degraded": self.degraded,
             "breaker": self.breaker.snapshot(),
+            **({"drift": self.drift.snapshot()} if self.drift is not None else {}),
             "pending_request_count": self.batcher.pending,
         }
 
@@ -450,7 +465,17 @@ def load_model(repository: ModelRepository, name: str, config: ServeConfig) -> M
         except LabError:
             primary.close()
             raise
-    return ModelState(handle, primary, fallback, config)
+    drift = None
+    if config.drift:
+        try:
+            trusted = config.fallback_runner if fallback is not None else config.runner
+            drift = build_monitor(handle, config.drift_settings(), trusted)
+        except BaseException:
+            primary.close()
+            if fallback is not None:
+                fallback.close()
+            raise
+    return ModelState(handle, primary, fallback, config, drift)
 
 
 class ModelServer:

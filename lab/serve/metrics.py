@@ -9,7 +9,12 @@ gauge nv_inference_pending_request_count. GPU gauges (label gpu_uuid) appear onl
 finds a GPU; host gauges nv_cpu_utilization, nv_cpu_memory_total_bytes / _used_bytes come
 from /proc. Ours: servelab_batch_size (histogram of executed batch sizes),
 servelab_model_degraded (1 while the fallback answers), servelab_fallback_request_count and
-servelab_primary_failure_count.
+servelab_primary_failure_count; drift (lab/serve/drift.py, absent with --no-drift):
+servelab_input_psi (label feature) and servelab_output_psi (label output), the population
+stability index of the last servelab_drift_window_rows rows against the reference workload,
+servelab_drift_status (0 ok, 1 warn: some PSI >= 0.1, 2 alert: some PSI >= 0.25 by default),
+servelab_drift_fallback_active (1 while the drift policy routes to the fallback) and
+servelab_drift_dropped_batches (batches the monitor skipped because it lagged behind).
 """
 
 from __future__ import annotations
@@ -225,12 +230,40 @@ def render(server: ModelServer, gpu: GpuGauges | None = None, cpu: CpuGauges | N
             "Number of batches the primary runner failed or timed out on",
         ),
     }
+    drift = {
+        "input_psi": _Family(
+            "servelab_input_psi",
+            "gauge",
+            "Population stability index of an input feature over the sliding window",
+        ),
+        "output_psi": _Family(
+            "servelab_output_psi",
+            "gauge",
+            "Population stability index of an output over the sliding window",
+        ),
+        "rows": _Family("servelab_drift_window_rows", "gauge", "Rows in the drift window"),
+        "status": _Family(
+            "servelab_drift_status", "gauge", "Worst drift level: 0 ok, 1 warn, 2 alert"
+        ),
+        "fallback": _Family(
+            "servelab_drift_fallback_active",
+            "gauge",
+            "1 while the drift policy routes requests to the fallback runner",
+        ),
+        "dropped": _Family(
+            "servelab_drift_dropped_batches",
+            "counter",
+            "Batches the drift monitor skipped because it lagged behind",
+        ),
+    }
     histogram = _Family("servelab_batch_size", "histogram", "Executed batch sizes")
     for state in server.models.values():
         _model_lines(state, f, histogram)
+        _drift_lines(state, drift)
     families: Iterable[_Family] = [
         *f.values(),
         histogram,
+        *(fam for fam in drift.values() if len(fam.lines) > 2),
         *(gpu.families() if gpu else []),
         *(cpu.families() if cpu else []),
     ]
@@ -267,3 +300,20 @@ def _model_lines(state: ModelState, f: dict[str, _Family], histogram: _Family) -
     histogram.add(inf, sum(sizes.values()), "_bucket")
     histogram.add(labels, total_rows, "_sum")
     histogram.add(labels, sum(sizes.values()), "_count")
+
+
+def _drift_lines(state: ModelState, f: dict[str, _Family]) -> None:
+    monitor = state.drift
+    if monitor is None:
+        return
+    monitor.refresh()
+    version = state.spec.version
+    for feature, value in monitor.input_psi.items():
+        f["input_psi"].add(_labels(feature=feature, model=state.name, version=version), value)
+    for output, value in monitor.output_psi.items():
+        f["output_psi"].add(_labels(model=state.name, output=output, version=version), value)
+    labels = _labels(model=state.name, version=version)
+    f["rows"].add(labels, monitor.window_rows)
+    f["status"].add(labels, monitor.status())
+    f["fallback"].add(labels, int(monitor.fallback_active))
+    f["dropped"].add(labels, monitor.dropped_batches)

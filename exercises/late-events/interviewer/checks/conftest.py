@@ -1,0 +1,1 @@
+"""Hidden checks run with the candidate's tree as cwd and PYTHONPATH."""
