@@ -21,7 +21,6 @@ import math
 from collections import defaultdict
 
 import numpy as np
-
 from serving.events import KINDS, Event
 
 WINDOW_S = 300.0
