@@ -155,3 +155,27 @@ def log_bench_report(uri: str | None, report: Mapping[str, Any], files: Iterable
     metrics["wall_s"] = float(report.get("wall_s") or 0.0)
     name = str(report.get("name") or f"{model.get('name', 'model')}-{report.get('created_at', '')}")
     return log_run(uri, "bench", params, metrics, files, run_name=name)
+
+
+def log_grade_report(uri: str | None, report: Mapping[str, Any], files: Iterable[Path]) -> str:
+    """A grade report: exercise, submission and profile as params; the score, its interval,
+    the verdict and every number of the automatic part as metrics."""
+    exercise = report.get("exercise", {})
+    submission = report.get("submission", {})
+    params: dict[str, Any] = {
+        "exercise": exercise.get("name"),
+        "submission": submission.get("name"),
+        "profile": report.get("profile"),
+        "secret_seed": report.get("secret_seed"),
+        "verdict": report.get("verdict"),
+    }
+    score = report.get("score") or {}
+    metrics = numeric_metrics(report.get("automatic") or {}, "automatic.")
+    if isinstance(score.get("value"), (int, float)):
+        metrics["score"] = float(score["value"])
+    ci = score.get("ci") or []
+    if len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        metrics["score_ci_low"], metrics["score_ci_high"] = float(ci[0]), float(ci[1])
+    metrics["zeroed"] = float(bool(score.get("zeroed")))
+    name = f"{exercise.get('name', 'exercise')}-{submission.get('name', 'submission')}"
+    return log_run(uri, "grade", params, metrics, files, run_name=name)

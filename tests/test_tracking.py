@@ -96,3 +96,28 @@ def test_without_mlflow_the_flag_fails_first_with_the_install_hint(tmp_path: Pat
         "servelab: error: --mlflow-uri needs MLflow: pip install 'servelab[mlflow]'"
     ]
     assert not reports.exists() or not any(reports.iterdir())  # nothing was measured
+
+
+def test_grade_run_lands_in_a_local_mlflow_store(tmp_path: Path) -> None:
+    """ship-it is graded from its files (no benchmark): the reference solution scores 1."""
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "mlruns"
+    grades = tmp_path / "grades"
+    solution = ROOT / "exercises" / "ship-it" / "interviewer" / "solution"
+    code = main(
+        ["grade", str(solution), "--exercise", "ship-it", "--output", str(grades),
+         "--no-progress", "--mlflow-uri", str(store)]
+    )  # fmt: skip
+    assert code == 0
+    client = MlflowClient(tracking_uri=store.as_uri())
+    experiment = client.get_experiment_by_name("servelab-grade")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["exercise"] == "ship-it"
+    assert run.data.params["verdict"] == "SCORED"
+    assert run.data.metrics["score"] == 1.0
+    assert run.data.metrics["zeroed"] == 0.0
+    logged = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert logged == {p.name for p in grades.iterdir()}  # the .grade.json and .grade.md

@@ -47,6 +47,16 @@ def register(sub: Any) -> None:
     )
     grade.add_argument("--output", default="grades", metavar="DIR", help="where reports go")
     grade.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    grade.add_argument(
+        "--mlflow-uri",
+        nargs="?",
+        const="file:./mlruns",
+        default=None,
+        metavar="URI",
+        help="log each grade (score, verdict, the automatic part, the report files) to "
+        "MLflow; without URI a local file store, file:./mlruns (needs: pip install "
+        "'servelab[mlflow]')",
+    )
     grade.set_defaults(func=cmd_grade)
 
 
@@ -105,6 +115,12 @@ def cmd_grade(args: argparse.Namespace) -> int:
     ex = get_exercise(args.exercise, args.exercises)
     ex.require_available()
     output = check_output_folder(args.output)
+    mlflow_uri = args.mlflow_uri
+    if mlflow_uri is not None:
+        from lab.tracking import require_mlflow, resolve_uri
+
+        require_mlflow()  # before anything is measured, not after
+        mlflow_uri = resolve_uri(mlflow_uri)
     submissions = [load_submission(s, ex) for s in args.submissions]
     names = [s.name for s in submissions]
     if len(set(names)) != len(names):
@@ -124,7 +140,10 @@ def cmd_grade(args: argparse.Namespace) -> int:
     else:
         parts = [grade_hidden_checks(ex, s) for s in submissions]
     if not secret:
-        print("note: SERVELAB_SECRET_SEED is not set: each leg drew a fresh seed")
+        print(
+            "note: SERVELAB_SECRET_SEED is not set: this grade run drew one fresh seed for "
+            "all its legs (recorded in the leg reports)"
+        )
     for submission, automatic in zip(submissions, parts):
         report = build_report(ex, submission, automatic, profile, secret)
         paths = write_grade_report(report, output)
@@ -132,4 +151,9 @@ def cmd_grade(args: argparse.Namespace) -> int:
         for line in headline(report):
             print(f"  {line}")
         print(f"  wrote {paths['.json']} and {paths['.md']}")
+        if mlflow_uri is not None:
+            from lab.tracking import log_grade_report
+
+            run_id = log_grade_report(mlflow_uri, report, paths.values())
+            print(f"  logged MLflow run {run_id} to {mlflow_uri}")
     return 0
