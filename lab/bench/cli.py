@@ -146,24 +146,34 @@ def bench_command(args: argparse.Namespace) -> int:
     from lab.bench.progress import Progress
     from lab.bench.render import summary_table
     from lab.bench.report import write_reports
-    from lab.bench.run import run_bench
+    from lab.bench.run import PartialRun, run_bench
 
     config = config_from_args(args)
     check_output_folder(config.report.output)  # before any measuring, not after it
     extra: dict[str, Any] = {}
     handle = runner = None
-    with Progress(enabled=not args.no_progress) as progress:
-        if config.main_job:
-            handle, runner, extra = prepare_main_job(config, progress)
-        report = run_bench(
-            config,
-            progress,
-            handle=handle,
-            runner=runner,
-            extra=extra,
-            command=getattr(args, "argv", None),
-            config_path=args.config,
-        )
+    try:
+        with Progress(enabled=not args.no_progress) as progress:
+            if config.main_job:
+                handle, runner, extra = prepare_main_job(config, progress)
+            report = run_bench(
+                config,
+                progress,
+                handle=handle,
+                runner=runner,
+                extra=extra,
+                command=getattr(args, "argv", None),
+                config_path=args.config,
+            )
+    except PartialRun as stopped:
+        # What was measured is written; then the error goes on as it came (its exit code,
+        # one line for a LabError, 130 for Ctrl-C, a traceback for a bug).
+        partial = write_reports(stopped.report, config.report.output, html=config.report.html)
+        print(summary_table(stopped.report))
+        print()
+        for path in partial.values():
+            print(f"wrote {path} (PARTIAL: stopped during {stopped})")
+        raise stopped.error from None
     paths = write_reports(report, config.report.output, html=config.report.html)
     print(summary_table(report))
     print()

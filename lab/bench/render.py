@@ -542,7 +542,7 @@ def render_html(report: dict[str, Any]) -> str:
     headline = headline_lines(report)
     parts = [
         f"<h1>ServeLab bench: {html.escape(report['name'])}</h1>",
-        f'<p class="{status.lower()}">{status}</p>',
+        f'<p class="{status.lower()}">{html.escape(headline[0].removeprefix("verdict: "))}</p>',
         '<ul class="headline">'
         + "".join(f"<li>{html.escape(line.strip())}</li>" for line in headline[1:])
         + "</ul>",
