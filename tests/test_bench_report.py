@@ -489,3 +489,41 @@ def test_find_peak_brackets_a_known_capacity() -> None:
     explained = "\n".join(find_peak_lines(jsonable(result)))
     assert "| search step |" in explained and "| confirming run |" in explained
     assert "exceeds the SLO of 40 ms" in explained and "met every rule" in explained
+
+
+def test_candidate_view_ranks_valid_reports_first_then_by_primary_metrics(
+    ranker_report: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lab.bench.candidates import candidate_rows, from_bench_report, rank_candidates
+
+    a = _quiet(ranker_report)
+    invalid_fastest = _doctored(a, 0.25)
+    invalid_fastest["verdict"].update(valid=False, reasons=["server: p99 over the SLO"])
+    reports = {
+        "slow": _doctored(a, 2.0),
+        "invalid": invalid_fastest,
+        "a": a,
+        "same": _doctored(a, 1.03),
+        "fast": _doctored(a, 0.5),
+    }
+    ranking = rank_candidates([from_bench_report(n, r) for n, r in reports.items()])
+    assert [c.name for c in ranking.candidates] == ["fast", "a", "same", "slow", "invalid"]
+    rows = candidate_rows(ranking)
+    assert rows[0][:3] == ["rank", "candidate", "verdict"]
+    assert "single-stream latency_p90_ms (ms, lower is better)" in rows[0]
+    assert rows[5][2] == "INVALID: server: p99 over the SLO"
+    p90 = rows[0].index("single-stream latency_p90_ms (ms, lower is better)")
+    assert [row[p90].split()[-1] for row in rows[1:]] == ["#1", "#2", "#3", "#4", "#5"]
+    pair = rank_candidates([from_bench_report("a", a), from_bench_report("same", reports["same"])])
+    assert candidate_rows(pair)[2][p90].endswith("#2 (~#1)")  # 3% apart: within noise
+    paths = []
+    for name, report in reports.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(report))
+        paths.append(str(path))
+    assert main(["compare", *paths, "--output", str(tmp_path / "c.md")]) == 0
+    console = capsys.readouterr().out
+    assert console.startswith("Candidates, best first:\n\n1. fast  VALID\n")
+    assert console.index("4. slow") < console.index("5. invalid  INVALID")
+    markdown = (tmp_path / "c.md").read_text()
+    assert markdown.index("## Candidates (ranked)") < markdown.index("## Correctness and validity")

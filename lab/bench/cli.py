@@ -92,6 +92,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="compare reports of different models, sizes or precisions (refused otherwise)",
     )
+    compare.add_argument(
+        "--candidates",
+        action="store_true",
+        help="open with the candidate view (every report ranked, verdicts first) even for "
+        "two reports; it is the default for three or more",
+    )
     compare.set_defaults(func=compare_command)
 
 
@@ -224,7 +230,8 @@ def prepare_main_job(config: BenchConfig, progress: Any) -> tuple[Any, Any, dict
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    from lab.bench.compare import load_and_compare, render_html, render_markdown
+    from lab.bench.candidates import render_candidates_console
+    from lab.bench.compare import candidate_ranking, load_and_compare, render_html, render_markdown
 
     if args.noise_floor < 0:
         raise ConfigError("--noise-floor must be >= 0")
@@ -232,13 +239,17 @@ def compare_command(args: argparse.Namespace) -> int:
         if path:
             check_output_file(path, flag)
     comparison = load_and_compare(args.reports, args.noise_floor, args.force)
-    markdown = render_markdown(comparison)
+    candidates = args.candidates or len(args.reports) > 2
+    if candidates:
+        print("Candidates, best first:\n")
+        print(render_candidates_console(candidate_ranking(comparison)))
+        print()
     if args.output:
-        Path(args.output).write_text(markdown)
+        Path(args.output).write_text(render_markdown(comparison, candidates))
         print(f"wrote {args.output}")
     else:
-        print(markdown)
+        print(render_markdown(comparison, candidates=False))
     if args.html:
-        Path(args.html).write_text(render_html(comparison))
+        Path(args.html).write_text(render_html(comparison, candidates))
         print(f"wrote {args.html}")
     return 0
