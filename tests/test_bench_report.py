@@ -527,3 +527,58 @@ def test_candidate_view_ranks_valid_reports_first_then_by_primary_metrics(
     assert console.index("4. slow") < console.index("5. invalid  INVALID")
     markdown = (tmp_path / "c.md").read_text()
     assert markdown.index("## Candidates (ranked)") < markdown.index("## Correctness and validity")
+
+
+def test_html_draws_the_baseline_beside_the_candidate_and_shows_telemetry(
+    tmp_path: Path,
+) -> None:
+    from lab.bench.render import render_html as report_html
+
+    config = BenchConfig.of(
+        model="synthetic", runner="noop", baseline="noop", scenarios=["single-stream"],
+        duration_s=0.3, min_queries=64, warmup_queries=4, audit=False, replay_check=False,
+        roofline=False, stability_tolerance=1.0,
+    )  # fmt: skip
+    report = run_bench(config, handle=synthetic_handle(), workload=SyntheticWorkload(),
+                       runner=NoopRunner(), baseline_runner=NoopRunner())  # fmt: skip
+    report = load_report(write_reports(report, tmp_path)[".json"])
+    (scenario,) = report["scenarios"]
+    assert scenario["baseline"]["histogram"]["count"] == scenario["baseline"]["queries"]
+    series = scenario["telemetry"]["series"]
+    assert len(series["t_s"]) == len(series["process_cpu_percent"]) >= 1
+    (cdf,) = latency_cdf_plots(report)
+    ET.fromstring(cdf)
+    assert ">single-stream (candidate)<" in cdf and ">baseline noop<" in cdf
+    page = report_html(report)
+    assert "<h2>Telemetry</h2>" in page and "harness + workers CPU" in page
+    # A 1.3 report (no baseline histogram, no telemetry samples) still reads and renders.
+    old = copy.deepcopy(report)
+    old["schema_version"] = "1.3"
+    del old["scenarios"][0]["baseline"]["histogram"], old["scenarios"][0]["telemetry"]["series"]
+    check_report(old)
+    (cdf,) = latency_cdf_plots(old)
+    assert "baseline" not in cdf and "<h2>Telemetry</h2>" in report_html(old)
+
+
+def test_qps_plot_uses_log_axes_when_values_span_decades() -> None:
+    steps = [
+        {"qps": q, "p99_ms": p, "valid": p < 130}
+        for q, p in ((10, 3.0), (100, 5.0), (200, 40.0), (400, 2400.0))
+    ]
+    report = {
+        "slo_ms": 130.0,
+        "scenarios": [
+            {"scenario": "find-peak", "find_peak": {"steps": steps}, "target_qps": 100.0,
+             "latency": {"percentiles": {"p99": {"ms": 6.0}}}},
+        ],
+    }  # fmt: skip
+    plot = qps_plot(report)
+    assert plot is not None
+    ET.fromstring(plot)
+    assert "target QPS (log scale)" in plot and "p99 latency (ms, log scale)" in plot
+    assert ">1,000<" in plot and ">1<" in plot  # decade ticks from 1 ms to 10 s
+    assert "drawn at the top" not in plot  # nothing clipped on a log axis
+    for step in steps:  # 3 .. 9 ms: within a decade, a linear axis
+        step["p99_ms"] = min(step["p99_ms"], 9.0)
+    linear = qps_plot({**report, "slo_ms": 10.0})
+    assert linear is not None and "p99 latency (ms)<" in linear

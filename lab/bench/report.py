@@ -22,9 +22,10 @@ with `lab.bench.schema.validate` when a report is written and when one is read. 
                      latency (min/mean/max, p50/90/95/99/99.9 with `claimed`), latency_ci,
                      queue / compute / issue_lag splits, batch sizes, the sparse latency
                      histogram (exactly mergeable), stability windows, validity (valid,
-                     reasons, warnings), audit, optional baseline + speedup, roofline
-                     attainment, telemetry, and `metrics` (name, value, unit, direction,
-                     ci, primary) for comparisons
+                     reasons, warnings), audit, optional baseline (with its latency
+                     histogram since 1.4, for the plots) + speedup, roofline attainment,
+                     telemetry (samples over time in `series` since 1.4), and `metrics`
+                     (name, value, unit, direction, ci, primary) for comparisons
     replay           the TEST04 replay check or null
     partial          only in a report of a run stopped early (Ctrl-C, a late error; 1.4):
                      {"stopped_at", "reason", "completed", "not_run"}; such a run is INVALID

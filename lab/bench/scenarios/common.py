@@ -259,8 +259,7 @@ class BenchContext:
         result["audit"] = self.audit(kind, candidate, result) if self.config.checks.audit else None
         if BASELINE in measured:
             baseline = summarize(kind, [s for s, _ in measured[BASELINE]], rules)
-            for key in ("histogram", "stability"):
-                baseline.pop(key, None)
+            baseline.pop("stability", None)  # the histogram stays: plots draw it (1.4)
             result["baseline"] = baseline
             result["speedup"] = speedup(kind, measured[CANDIDATE], measured[BASELINE])
         if self.work is not None and self.ceilings is not None:
