@@ -124,6 +124,13 @@ def _first_reason(entry: dict[str, Any]) -> str:
     return "; ".join(reasons) if reasons else "INVALID"
 
 
+def _step_lengths(search: dict[str, Any]) -> str:
+    """ "3" or "3-7.2": steps since 1.4 last long enough for their qps (find_peak.py)."""
+    lengths = [t.get("duration_s", search["step_s"]) for t in search["steps"]] or [0.0]
+    low, high = min(lengths), max(lengths)
+    return fmt(low) if high - low < 0.05 else f"{fmt(low)}-{fmt(high)}"
+
+
 def find_peak_lines(s: dict[str, Any]) -> list[str]:
     """find-peak explained: every search step and every confirming run with its reason."""
     search = s["find_peak"]
@@ -132,7 +139,7 @@ def find_peak_lines(s: dict[str, Any]) -> list[str]:
         "## find-peak",
         "",
         f"Peak: **{fmt(peak)} qps**. The search ran {len(search['steps'])} steps of "
-        f"{fmt(search['step_s'])} s and bracketed the peak between {fmt(low)} (highest "
+        f"{_step_lengths(search)} s and bracketed the peak between {fmt(low)} (highest "
         f"VALID step) and {fmt(search['upper_qps'])} qps (lowest INVALID step); full-length "
         "server runs then confirm it, stepping down after each failure.",
         "",
@@ -161,7 +168,17 @@ def find_peak_lines(s: dict[str, Any]) -> list[str]:
         ),
         "",
     ]
-    if peak is not None and low and peak < 0.8 * low:
+    agreement = search.get("agreement")  # since 1.4
+    if agreement is not None and not agreement["agrees"]:
+        ratio = agreement["confirmed_over_bracket"]
+        share = "no confirmed peak" if ratio is None else f"the confirmed peak is {ratio:.0%}"
+        lines += [
+            f"The search and the confirming runs disagree by more than "
+            f"{agreement['within']:.0%} ({share} of the bracket's lower end): "
+            f"{agreement['why']}.",
+            "",
+        ]
+    elif agreement is None and peak is not None and low and peak < 0.8 * low:
         lines += [
             f"The confirmed peak is {peak / low:.0%} of the search's bracket: the "
             f"{fmt(search['step_s'])} s steps were too short to see a queue that keeps "
