@@ -114,7 +114,7 @@ def test_a_schedule_too_large_to_prepare_is_refused_before_it_is_built() -> None
         telemetry=False,
     )  # fmt: skip
     with pytest.raises(
-        ConfigError, match=r"at 5000 qps for 60 s prepares 30\d,\d{3} queries \(about 0.6 GB\)"
+        ConfigError, match=r"at 5000 qps for 60 s prepares 30\d,\d{3} queries \(about 6\d\d MB\)"
     ):
         run_bench(config, handle=synthetic_handle(), workload=SyntheticWorkload(),
                   runner=NoopRunner())  # fmt: skip

@@ -209,15 +209,19 @@ class BenchContext:
         data = sum(int(np.asarray(v).nbytes) for v in self.workload.collate([sample]).values())
         return 2 * data + QUERY_OVERHEAD_BYTES
 
+    def max_prepared_queries(self) -> int:
+        """How many single-sample queries fit the memory budget."""
+        return PREPARED_QUERIES_BUDGET_BYTES // self.query_bytes()
+
     def check_prepared_memory(self, queries: int, what: str) -> None:
         """ConfigError when `queries` prepared ahead of an open-loop run would not fit the
         memory budget (they are all built before the first is issued)."""
         need = queries * self.query_bytes()
         if need > PREPARED_QUERIES_BUDGET_BYTES:
             raise ConfigError(
-                f"{what} prepares {queries:,} queries (about {need / 1e9:.1f} GB) before "
-                f"issuing the first; the budget is {PREPARED_QUERIES_BUDGET_BYTES / 1e9:.1f} "
-                f"GB: lower --qps or shorten --duration-s"
+                f"{what} prepares {queries:,} queries (about {need / 1e6:,.0f} MB) before "
+                f"issuing the first; the budget is {PREPARED_QUERIES_BUDGET_BYTES / 1e6:,.0f} "
+                f"MB: lower --qps or shorten --duration-s"
             )
 
     def offline_segment(

@@ -146,9 +146,21 @@ def run(context: BenchContext, earlier: Earlier) -> Result:
     give_up_s = max(1.0, 4 * context.slo_ms / 1e3)
 
     final_s = settings.final_duration_s or context.config.duration_s
+    fits = context.max_prepared_queries()
+    shortened: list[str] = []
+
+    def fitting(qps: float, duration_s: float) -> float:
+        """`duration_s`, shortened where that many arrivals would not fit the memory budget
+        for prepared queries (a fast model's peak can be tens of thousands of qps)."""
+        most_s = 0.9 * fits / qps
+        if duration_s <= most_s:
+            return duration_s
+        shortened.append(f"{duration_s:g} s at {qps:.0f} qps shortened to {most_s:.2f} s")
+        return most_s
 
     def trial(qps: float) -> bool:
         length_s = step_duration(step_s, qps, context.slo_ms, settings.find_peak_tolerance, final_s)
+        length_s = fitting(qps, length_s)
         with (
             context.progress.phase(f"{NAME} step {len(steps) + 1} at {qps:.1f} qps", length_s),
             context.targets[CANDIDATE].open(drain=False) as target,
@@ -198,7 +210,7 @@ def run(context: BenchContext, earlier: Earlier) -> Result:
     else:
         qps = low
         for attempt in range(FIND_PEAK_CONFIRM_ATTEMPTS):
-            result = server.measure(context, qps, final_s, FIND_PEAK_MIN_QUERIES)
+            result = server.measure(context, qps, fitting(qps, final_s), FIND_PEAK_MIN_QUERIES)
             attempts.append(
                 {
                     "qps": qps,
@@ -212,6 +224,10 @@ def run(context: BenchContext, earlier: Earlier) -> Result:
     result["scenario"] = NAME
     result["peak_qps"] = result["target_qps"] if result["validity"]["valid"] else None
     found["agreement"] = agreement(found, result)
+    if shortened:
+        result["validity"].setdefault("warnings", []).append(
+            f"runs shortened to fit {fits:,} prepared queries in memory: {'; '.join(shortened)}"
+        )
     result["find_peak"] = found
     return result
 
