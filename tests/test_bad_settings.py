@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import lab.bench.run
+import lab.bench.scenarios.server
 from lab.bench.config import BenchConfig
 from lab.bench.paths import check_output_file, check_output_folder
 from lab.bench.run import run_bench
@@ -92,7 +93,39 @@ class SlowRunner(NoopRunner):
         return super().infer_impl(inputs)
 
 
-def test_a_server_run_that_cannot_keep_up_aborts_early_and_is_invalid() -> None:
+def test_a_qps_beyond_what_the_target_serves_in_a_burst_is_refused() -> None:
+    handle = synthetic_handle(max_batch_size=1, slo_ms=10.0)
+    config = BenchConfig.of(
+        model="synthetic", runner="slow", scenarios=["server"], qps=4000.0, duration_s=5.0,
+        min_queries=10, warmup_queries=4, audit=False, replay_check=False, roofline=False,
+        telemetry=False, max_queue_delay_us=0,
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as refused:
+        run_bench(config, handle=handle, workload=SyntheticWorkload(), runner=SlowRunner())
+    message = str(refused.value)
+    assert message.startswith("--qps 4000 is beyond what this target can serve: a burst of 64")
+    assert "use --scenario find-peak" in message
+
+
+def test_a_schedule_too_large_to_prepare_is_refused_before_it_is_built() -> None:
+    config = BenchConfig.of(
+        model="synthetic", runner="noop", scenarios=["server"], qps=5000.0, duration_s=60.0,
+        min_queries=10, warmup_queries=4, audit=False, replay_check=False, roofline=False,
+        telemetry=False,
+    )  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"at 5000 qps for 60 s prepares 30\d,\d{3} queries \(about 6\d\d MB\)"
+    ):
+        run_bench(config, handle=synthetic_handle(), workload=SyntheticWorkload(),
+                  runner=NoopRunner())  # fmt: skip
+
+
+def test_a_server_run_that_cannot_keep_up_aborts_early_and_is_invalid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A target can be fast in a burst and still fall behind a steady rate: the burst
+    # ceiling is out of the way here, the SLO watch is under test.
+    monkeypatch.setattr(lab.bench.scenarios.server, "CEILING_SAFETY", 100.0)
     handle = synthetic_handle(max_batch_size=1, slo_ms=10.0)
     config = BenchConfig.of(
         model="synthetic", runner="slow", scenarios=["server"], qps=4000.0, duration_s=5.0,

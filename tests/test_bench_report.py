@@ -489,3 +489,96 @@ def test_find_peak_brackets_a_known_capacity() -> None:
     explained = "\n".join(find_peak_lines(jsonable(result)))
     assert "| search step |" in explained and "| confirming run |" in explained
     assert "exceeds the SLO of 40 ms" in explained and "met every rule" in explained
+
+
+def test_candidate_view_ranks_valid_reports_first_then_by_primary_metrics(
+    ranker_report: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lab.bench.candidates import candidate_rows, from_bench_report, rank_candidates
+
+    a = _quiet(ranker_report)
+    invalid_fastest = _doctored(a, 0.25)
+    invalid_fastest["verdict"].update(valid=False, reasons=["server: p99 over the SLO"])
+    reports = {
+        "slow": _doctored(a, 2.0),
+        "invalid": invalid_fastest,
+        "a": a,
+        "same": _doctored(a, 1.03),
+        "fast": _doctored(a, 0.5),
+    }
+    ranking = rank_candidates([from_bench_report(n, r) for n, r in reports.items()])
+    assert [c.name for c in ranking.candidates] == ["fast", "a", "same", "slow", "invalid"]
+    rows = candidate_rows(ranking)
+    assert rows[0][:3] == ["rank", "candidate", "verdict"]
+    assert "single-stream latency_p90_ms (ms, lower is better)" in rows[0]
+    assert rows[5][2] == "INVALID: server: p99 over the SLO"
+    p90 = rows[0].index("single-stream latency_p90_ms (ms, lower is better)")
+    assert [row[p90].split()[-1] for row in rows[1:]] == ["#1", "#2", "#3", "#4", "#5"]
+    pair = rank_candidates([from_bench_report("a", a), from_bench_report("same", reports["same"])])
+    assert candidate_rows(pair)[2][p90].endswith("#2 (~#1)")  # 3% apart: within noise
+    paths = []
+    for name, report in reports.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(report))
+        paths.append(str(path))
+    assert main(["compare", *paths, "--output", str(tmp_path / "c.md")]) == 0
+    console = capsys.readouterr().out
+    assert console.startswith("Candidates, best first:\n\n1. fast  VALID\n")
+    assert console.index("4. slow") < console.index("5. invalid  INVALID")
+    markdown = (tmp_path / "c.md").read_text()
+    assert markdown.index("## Candidates (ranked)") < markdown.index("## Correctness and validity")
+
+
+def test_html_draws_the_baseline_beside_the_candidate_and_shows_telemetry(
+    tmp_path: Path,
+) -> None:
+    from lab.bench.render import render_html as report_html
+
+    config = BenchConfig.of(
+        model="synthetic", runner="noop", baseline="noop", scenarios=["single-stream"],
+        duration_s=0.3, min_queries=64, warmup_queries=4, audit=False, replay_check=False,
+        roofline=False, stability_tolerance=1.0,
+    )  # fmt: skip
+    report = run_bench(config, handle=synthetic_handle(), workload=SyntheticWorkload(),
+                       runner=NoopRunner(), baseline_runner=NoopRunner())  # fmt: skip
+    report = load_report(write_reports(report, tmp_path)[".json"])
+    (scenario,) = report["scenarios"]
+    assert scenario["baseline"]["histogram"]["count"] == scenario["baseline"]["queries"]
+    series = scenario["telemetry"]["series"]
+    assert len(series["t_s"]) == len(series["process_cpu_percent"]) >= 1
+    (cdf,) = latency_cdf_plots(report)
+    ET.fromstring(cdf)
+    assert ">single-stream (candidate)<" in cdf and ">baseline noop<" in cdf
+    page = report_html(report)
+    assert "<h2>Telemetry</h2>" in page and "harness + workers CPU" in page
+    # A 1.3 report (no baseline histogram, no telemetry samples) still reads and renders.
+    old = copy.deepcopy(report)
+    old["schema_version"] = "1.3"
+    del old["scenarios"][0]["baseline"]["histogram"], old["scenarios"][0]["telemetry"]["series"]
+    check_report(old)
+    (cdf,) = latency_cdf_plots(old)
+    assert "baseline" not in cdf and "<h2>Telemetry</h2>" in report_html(old)
+
+
+def test_qps_plot_uses_log_axes_when_values_span_decades() -> None:
+    steps = [
+        {"qps": q, "p99_ms": p, "valid": p < 130}
+        for q, p in ((10, 3.0), (100, 5.0), (200, 40.0), (400, 2400.0))
+    ]
+    report = {
+        "slo_ms": 130.0,
+        "scenarios": [
+            {"scenario": "find-peak", "find_peak": {"steps": steps}, "target_qps": 100.0,
+             "latency": {"percentiles": {"p99": {"ms": 6.0}}}},
+        ],
+    }  # fmt: skip
+    plot = qps_plot(report)
+    assert plot is not None
+    ET.fromstring(plot)
+    assert "target QPS (log scale)" in plot and "p99 latency (ms, log scale)" in plot
+    assert ">1,000<" in plot and ">1<" in plot  # decade ticks from 1 ms to 10 s
+    assert "drawn at the top" not in plot  # nothing clipped on a log axis
+    for step in steps:  # 3 .. 9 ms: within a decade, a linear axis
+        step["p99_ms"] = min(step["p99_ms"], 9.0)
+    linear = qps_plot({**report, "slo_ms": 10.0})
+    assert linear is not None and "p99 latency (ms)<" in linear

@@ -104,6 +104,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="compare reports of different models, sizes or precisions (refused otherwise)",
     )
+    compare.add_argument(
+        "--candidates",
+        action="store_true",
+        help="open with the candidate view (every report ranked, verdicts first) even for "
+        "two reports; it is the default for three or more",
+    )
     compare.set_defaults(func=compare_command)
 
 
@@ -158,7 +164,7 @@ def bench_command(args: argparse.Namespace) -> int:
     from lab.bench.progress import Progress
     from lab.bench.render import summary_table
     from lab.bench.report import write_reports
-    from lab.bench.run import run_bench
+    from lab.bench.run import PartialRun, run_bench
 
     config = config_from_args(args)
     runner = dist_runner_from_args(args, config.worker.load_timeout_s)
@@ -173,18 +179,28 @@ def bench_command(args: argparse.Namespace) -> int:
         mlflow_uri = resolve_uri(mlflow_uri)
     extra: dict[str, Any] = {}
     handle = None
-    with Progress(enabled=not args.no_progress) as progress:
-        if config.main_job:
-            handle, runner, extra = prepare_main_job(config, progress, runner)
-        report = run_bench(
-            config,
-            progress,
-            handle=handle,
-            runner=runner,
-            extra=extra,
-            command=getattr(args, "argv", None),
-            config_path=args.config,
-        )
+    try:
+        with Progress(enabled=not args.no_progress) as progress:
+            if config.main_job:
+                handle, runner, extra = prepare_main_job(config, progress, runner)
+            report = run_bench(
+                config,
+                progress,
+                handle=handle,
+                runner=runner,
+                extra=extra,
+                command=getattr(args, "argv", None),
+                config_path=args.config,
+            )
+    except PartialRun as stopped:
+        # What was measured is written; then the error goes on as it came (its exit code,
+        # one line for a LabError, 130 for Ctrl-C, a traceback for a bug).
+        partial = write_reports(stopped.report, config.report.output, html=config.report.html)
+        print(summary_table(stopped.report))
+        print()
+        for path in partial.values():
+            print(f"wrote {path} (PARTIAL: stopped during {stopped})")
+        raise stopped.error from None
     paths = write_reports(report, config.report.output, html=config.report.html)
     print(summary_table(report))
     print()
@@ -243,7 +259,8 @@ def prepare_main_job(
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    from lab.bench.compare import load_and_compare, render_html, render_markdown
+    from lab.bench.candidates import render_candidates_console
+    from lab.bench.compare import candidate_ranking, load_and_compare, render_html, render_markdown
 
     if args.noise_floor < 0:
         raise ConfigError("--noise-floor must be >= 0")
@@ -251,13 +268,17 @@ def compare_command(args: argparse.Namespace) -> int:
         if path:
             check_output_file(path, flag)
     comparison = load_and_compare(args.reports, args.noise_floor, args.force)
-    markdown = render_markdown(comparison)
+    candidates = args.candidates or len(args.reports) > 2
+    if candidates:
+        print("Candidates, best first:\n")
+        print(render_candidates_console(candidate_ranking(comparison)))
+        print()
     if args.output:
-        Path(args.output).write_text(markdown)
+        Path(args.output).write_text(render_markdown(comparison, candidates))
         print(f"wrote {args.output}")
     else:
-        print(markdown)
+        print(render_markdown(comparison, candidates=False))
     if args.html:
-        Path(args.html).write_text(render_html(comparison))
+        Path(args.html).write_text(render_html(comparison, candidates))
         print(f"wrote {args.html}")
     return 0

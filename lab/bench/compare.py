@@ -321,11 +321,30 @@ def tables(comparison: Comparison) -> dict[str, list[list[str]]]:
     }
 
 
-def render_markdown(comparison: Comparison) -> str:
+def candidate_ranking(comparison: Comparison) -> Any:
+    """The candidate view of the compared reports (lab.bench.candidates)."""
+    from lab.bench.candidates import from_bench_report, rank_candidates
+
+    return rank_candidates(
+        [from_bench_report(n, r) for n, r in zip(comparison.names, comparison.reports)],
+        comparison.noise_floor,
+    )
+
+
+def render_markdown(comparison: Comparison, candidates: bool | None = None) -> str:
+    """With `candidates` (default: more than two reports), the ranked candidate view
+    comes first."""
+    from lab.bench.candidates import render_candidates_markdown
+
     t = tables(comparison)
-    lines = [
-        f"# ServeLab compare: {', '.join(comparison.names)}",
-        "",
+    lines = [f"# ServeLab compare: {', '.join(comparison.names)}", ""]
+    if candidates if candidates is not None else len(comparison.names) > 2:
+        lines.append(
+            render_candidates_markdown(candidate_ranking(comparison), "Candidates (ranked)")
+        )
+        lines.append(f"Against the first report, {comparison.names[0]}:")
+        lines.append("")
+    lines += [
         f"**{comparison.verdict()}**",
         "",
         "## Correctness and validity",
@@ -360,11 +379,21 @@ def render_markdown(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
-def render_html(comparison: Comparison) -> str:
+def render_html(comparison: Comparison, candidates: bool | None = None) -> str:
+    from lab.bench.candidates import candidate_rows, legend
+
     t = tables(comparison)
     ok = comparison.all_valid and comparison.primary_within_noise
-    parts = [
-        f"<h1>ServeLab compare: {html.escape(', '.join(comparison.names))}</h1>",
+    parts = [f"<h1>ServeLab compare: {html.escape(', '.join(comparison.names))}</h1>"]
+    if candidates if candidates is not None else len(comparison.names) > 2:
+        ranking = candidate_ranking(comparison)
+        parts += [
+            "<h2>Candidates (ranked)</h2>",
+            _html_table(candidate_rows(ranking)),
+            f"<p>{html.escape(legend(ranking))}</p>",
+            f"<h2>Against the first report, {html.escape(comparison.names[0])}</h2>",
+        ]
+    parts += [
         f'<p class="{"valid" if ok else "invalid"}">{html.escape(comparison.verdict())}</p>',
         "<h2>Correctness and validity</h2>",
         _html_table(t["validity"]),

@@ -49,6 +49,13 @@ def headline_lines(report: dict[str, Any]) -> list[str]:
     """Plain lines (Markdown-safe) for the top of every report format."""
     v = report["verdict"]
     lines = [f"verdict: {'VALID' if v['valid'] else 'INVALID'}"]
+    partial = report.get("partial")
+    if partial:
+        lines[0] += " (PARTIAL REPORT)"
+        lines.append(
+            f"partial: stopped during {partial['stopped_at']} ({partial['reason']}); "
+            f"not run: {', '.join(partial['not_run']) or 'nothing'}"
+        )
     baseline = report["config"].get("baseline")
     for scenario in report["scenarios"]:
         line = f"{scenario['scenario']}: {_primary(scenario, report.get('slo_ms'))}"

@@ -124,6 +124,13 @@ def _first_reason(entry: dict[str, Any]) -> str:
     return "; ".join(reasons) if reasons else "INVALID"
 
 
+def _step_lengths(search: dict[str, Any]) -> str:
+    """ "3" or "3-7.2": steps since 1.4 last long enough for their qps (find_peak.py)."""
+    lengths = [t.get("duration_s", search["step_s"]) for t in search["steps"]] or [0.0]
+    low, high = min(lengths), max(lengths)
+    return fmt(low) if high - low < 0.05 else f"{fmt(low)}-{fmt(high)}"
+
+
 def find_peak_lines(s: dict[str, Any]) -> list[str]:
     """find-peak explained: every search step and every confirming run with its reason."""
     search = s["find_peak"]
@@ -132,7 +139,7 @@ def find_peak_lines(s: dict[str, Any]) -> list[str]:
         "## find-peak",
         "",
         f"Peak: **{fmt(peak)} qps**. The search ran {len(search['steps'])} steps of "
-        f"{fmt(search['step_s'])} s and bracketed the peak between {fmt(low)} (highest "
+        f"{_step_lengths(search)} s and bracketed the peak between {fmt(low)} (highest "
         f"VALID step) and {fmt(search['upper_qps'])} qps (lowest INVALID step); full-length "
         "server runs then confirm it, stepping down after each failure.",
         "",
@@ -161,7 +168,17 @@ def find_peak_lines(s: dict[str, Any]) -> list[str]:
         ),
         "",
     ]
-    if peak is not None and low and peak < 0.8 * low:
+    agreement = search.get("agreement")  # since 1.4
+    if agreement is not None and not agreement["agrees"]:
+        ratio = agreement["confirmed_over_bracket"]
+        share = "no confirmed peak" if ratio is None else f"the confirmed peak is {ratio:.0%}"
+        lines += [
+            f"The search and the confirming runs disagree by more than "
+            f"{agreement['within']:.0%} ({share} of the bracket's lower end): "
+            f"{agreement['why']}.",
+            "",
+        ]
+    elif agreement is None and peak is not None and low and peak < 0.8 * low:
         lines += [
             f"The confirmed peak is {peak / low:.0%} of the search's bracket: the "
             f"{fmt(search['step_s'])} s steps were too short to see a queue that keeps "
@@ -328,6 +345,7 @@ def svg_plot(
     title: str,
     hline: tuple[float, str] | None = None,
     log_x: bool = False,
+    log_y: bool = False,
     markers: bool = False,
     width: int = 640,
     height: int = 320,
@@ -335,13 +353,15 @@ def svg_plot(
     vlines: Sequence[tuple[float, str]] = (),
 ) -> str:
     """A line plot as an inline <svg> element; with `y_cap`, larger values are drawn at
-    the top edge (and the title says so); `vlines` are labelled vertical marks."""
+    the top edge (and the title says so); `vlines` are labelled vertical marks; `log_x` /
+    `log_y` put an axis on a log scale (decade ticks; values <= 0 are left out)."""
     left, right, top, bottom = 64, 16, 28, 44
+    series = [(name, [(x, y) for x, y in pts if not log_y or y > 0]) for name, pts in series]
     points = [p for _, pts in series for p in pts]
     xs = [x for x, _ in points if not log_x or x > 0]
     xs += [x for x, _ in vlines if xs and (not log_x or x > 0)]
     ys = [y for _, y in points]
-    if hline is not None:
+    if hline is not None and (not log_y or hline[0] > 0):
         ys.append(hline[0])
     if not xs:
         return f"<p>{html.escape(title)}: no data</p>"
@@ -358,7 +378,12 @@ def svg_plot(
     if x_hi <= x_lo:
         x_hi = x_lo + 1
     y_hi = _nice_max(max(ys) if ys else 1.0)
-    if y_cap is not None and y_hi > y_cap:
+    y_lo = 0.0
+    if log_y:
+        y_lo = float(math.floor(math.log10(min(ys)))) if ys else 0.0
+        y_hi = float(math.ceil(math.log10(max(ys)))) if ys else 1.0
+        y_hi = y_hi if y_hi > y_lo else y_lo + 1
+    elif y_cap is not None and y_hi > y_cap:
         y_hi = _nice_max(y_cap)
         title += f" (values above {fmt(y_hi)} drawn at the top)"
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -367,6 +392,8 @@ def svg_plot(
         return left + (tx(x) - x_lo) / (x_hi - x_lo) * plot_w
 
     def py(y: float) -> float:
+        if log_y:
+            return top + plot_h - (math.log10(y) - y_lo) / (y_hi - y_lo) * plot_h
         return top + plot_h - (min(y, y_hi) / y_hi) * plot_h
 
     parts = [
@@ -375,8 +402,12 @@ def svg_plot(
         f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>',
     ]
-    for i in range(6):
-        y = y_hi * i / 5
+    y_ticks = (
+        [10.0**e for e in range(int(y_lo), int(y_hi) + 1)]
+        if log_y
+        else [y_hi * i / 5 for i in range(6)]
+    )
+    for y in y_ticks:
         parts.append(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#eee"/>'
             f'<text x="{left - 4}" y="{py(y) + 4:.1f}" text-anchor="end">{fmt(y)}</text>'
@@ -395,7 +426,7 @@ def svg_plot(
         f'<text x="14" y="{top + plot_h / 2}" text-anchor="middle" '
         f'transform="rotate(-90 14 {top + plot_h / 2})">{html.escape(y_label)}</text>'
     )
-    if hline is not None:
+    if hline is not None and (not log_y or hline[0] > 0):
         y, label = hline
         parts.append(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
@@ -444,9 +475,16 @@ def latency_cdf_plots(report: dict[str, Any]) -> list[str]:
                 continue
             hist = LatencyHistogram.from_dict(entry["histogram"])
             label = s["scenario"] if "concurrency" not in entry else f"c={entry['concurrency']}"
+            if (entry.get("baseline") or {}).get("histogram"):
+                label += " (candidate)"
             series.append((label, [(ns / 1e6, c) for ns, c in hist.cdf(200)]))
             if len(entries) == 1:
                 marks += [(hist.percentile_ns(q) / 1e6, f"p{q:g}") for q in (50.0, 90.0, 99.0)]
+            baseline = (entry.get("baseline") or {}).get("histogram")
+            if baseline and baseline["count"]:  # reports since 1.4 keep it
+                base = LatencyHistogram.from_dict(baseline)
+                name = report["config"].get("baseline") or "baseline"
+                series.append((f"baseline {name}", [(ns / 1e6, c) for ns, c in base.cdf(200)]))
         if not series:
             continue
         if slo:
@@ -482,15 +520,76 @@ def qps_plot(report: dict[str, Any]) -> str | None:
     if finals:
         series.append(("full server runs", sorted(finals)))
     slo = report.get("slo_ms")
+    qps = [x for x, _ in steps + finals if x > 0]
+    p99 = [y for _, y in steps + finals if y > 0] + ([slo] if slo else [])
+    log_x = bool(qps) and max(qps) >= 10 * min(qps)  # values span a decade or more
+    log_y = bool(p99) and max(p99) >= 10 * min(p99)
     return svg_plot(
         series,
-        "target QPS",
-        "p99 latency (ms)",
+        "target QPS" + (" (log scale)" if log_x else ""),
+        "p99 latency (ms" + (", log scale)" if log_y else ")"),
         "QPS versus p99 latency",
         hline=(slo, f"SLO {fmt(slo)} ms") if slo else None,
         markers=True,
-        y_cap=4 * slo if slo else None,
+        y_cap=None if log_y else (4 * slo if slo else None),
+        log_x=log_x,
+        log_y=log_y,
     )
+
+
+TELEMETRY_SERIES = {
+    "process_cpu_percent": "harness + workers CPU (% of one core)",
+    "system_cpu_percent": "whole machine CPU (% of all cores)",
+    "gpu_utilization_percent": "GPU utilisation (%)",
+}
+
+
+def telemetry_parts(report: dict[str, Any]) -> list[str]:
+    """Telemetry in the HTML: a table per scenario (CPU, memory, GPU) and, where the report
+    keeps samples over time (1.4), a small CPU/GPU plot of each scenario."""
+    rows = [["scenario", "CPU mean / max (% of a core)", "machine CPU mean", "other processes (cores)",
+             "RSS max (MB)", "GPU", "GPU util mean / max", "GPU memory max (MB)"]]  # fmt: skip
+    plots = []
+    for s in report["scenarios"]:
+        t = s.get("telemetry")
+        if not t:
+            continue
+        gpu = t.get("gpu_metrics") or {}
+        util, memory = gpu.get("utilization_percent"), gpu.get("memory_used_bytes")
+        rows.append(
+            [
+                s["scenario"],
+                f"{fmt(t.get('process_cpu_percent_mean'))} / {fmt(t.get('process_cpu_percent_max'))}",
+                f"{fmt(t.get('system_cpu_percent_mean'))}%",
+                fmt(t.get("other_processes_cpu_cores_mean")),
+                fmt((t.get("process_rss_bytes_max") or 0) / 1e6),
+                str(t.get("gpu")),
+                f"{fmt(util['mean'])} / {fmt(util['max'])}%" if util else "-",
+                fmt(memory["max"] / 1e6) if memory else "-",
+            ]
+        )
+        series = t.get("series") or {}
+        times = series.get("t_s") or []
+        lines = [
+            (label, list(zip(times, series[key])))
+            for key, label in TELEMETRY_SERIES.items()
+            if series.get(key)
+        ]
+        if len(times) > 1 and lines:
+            plots.append(
+                svg_plot(
+                    lines,
+                    "time (s)",
+                    "percent",
+                    f"{s['scenario']}: CPU and GPU over time",
+                    markers=len(times) < 8,
+                    width=480,
+                    height=220,
+                )  # fmt: skip
+            )
+    if len(rows) == 1:
+        return []
+    return ["<h2>Telemetry</h2>", _html_table(rows), *plots]
 
 
 def concurrency_plot(report: dict[str, Any]) -> str | None:
@@ -542,7 +641,7 @@ def render_html(report: dict[str, Any]) -> str:
     headline = headline_lines(report)
     parts = [
         f"<h1>ServeLab bench: {html.escape(report['name'])}</h1>",
-        f'<p class="{status.lower()}">{status}</p>',
+        f'<p class="{status.lower()}">{html.escape(headline[0].removeprefix("verdict: "))}</p>',
         '<ul class="headline">'
         + "".join(f"<li>{html.escape(line.strip())}</li>" for line in headline[1:])
         + "</ul>",
@@ -554,6 +653,7 @@ def render_html(report: dict[str, Any]) -> str:
     for plot in (qps_plot(report), concurrency_plot(report)):
         if plot:
             parts.append(plot)
+    parts += telemetry_parts(report)
     from lab.bench.markdown_html import markdown_to_html
 
     markdown = render_markdown(report)

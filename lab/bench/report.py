@@ -24,10 +24,13 @@ with `lab.bench.schema.validate` when a report is written and when one is read. 
                      latency (min/mean/max, p50/90/95/99/99.9 with `claimed`), latency_ci,
                      queue / compute / issue_lag splits, batch sizes, the sparse latency
                      histogram (exactly mergeable), stability windows, validity (valid,
-                     reasons, warnings), audit, optional baseline + speedup, roofline
-                     attainment, telemetry, and `metrics` (name, value, unit, direction,
-                     ci, primary) for comparisons
+                     reasons, warnings), audit, optional baseline (with its latency
+                     histogram since 1.4, for the plots) + speedup, roofline attainment,
+                     telemetry (samples over time in `series` since 1.4), and `metrics`
+                     (name, value, unit, direction, ci, primary) for comparisons
     replay           the TEST04 replay check or null
+    partial          only in a report of a run stopped early (Ctrl-C, a late error; 1.4):
+                     {"stopped_at", "reason", "completed", "not_run"}; such a run is INVALID
     verdict          {"valid", "audit_passed", "replay_passed", "reasons"}
 
 Latencies are in ms, throughputs in samples/s or queries/s, durations in s.
@@ -46,7 +49,7 @@ import numpy as np
 from lab.bench.schema import validate
 from lab.errors import ConfigError
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +86,13 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
                 f"on {worker['cores']} cores: more than the machine can give, so the "
                 f"measured time cannot be all the time it spent"
             )
+    partial = report.get("partial")
+    if partial:
+        not_run = ", ".join(partial["not_run"]) or "nothing"
+        reasons.append(
+            f"partial report: {partial['stopped_at']} did not finish ({partial['reason']}); "
+            f"not run: {not_run}"
+        )
     if isolation.get("aborted_scenario"):
         reasons.append(
             f"{isolation['aborted_scenario']}: not run to the end (the runner worker was lost)"

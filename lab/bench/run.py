@@ -24,7 +24,7 @@ from lab.bench.scenarios import SCENARIOS, Result
 from lab.bench.scenarios.common import BASELINE, CANDIDATE, BenchContext
 from lab.bench.target import InProcessTarget, Target
 from lab.bench.telemetry import Telemetry
-from lab.errors import ConfigError, WorkerLost
+from lab.errors import ConfigError, LabError, WorkerLost
 from lab.isolation import isolation_of, make_runner, spec_of, worker_lost, worker_usage
 from lab.repository import ModelHandle
 from lab.runners.base import Runner
@@ -233,6 +233,40 @@ def runner_specs(config: BenchConfig) -> dict[str, str]:
     return specs
 
 
+# ----- a partial run ---------------------------------------------------------------------
+class PartialRun(Exception):
+    """A run stopped by `error` (Ctrl-C, a late error, a bug) during `step`, after some
+    scenarios finished: `report` holds what was measured, marked partial and INVALID. The
+    caller writes it, then re-raises `error` (its exit code, its traceback if a bug)."""
+
+    def __init__(self, report: dict[str, Any], step: str, error: BaseException) -> None:
+        super().__init__(f"{step}: {describe_stop(error)}")
+        self.report = report
+        self.step = step
+        self.error = error
+
+
+def describe_stop(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    kind = "" if isinstance(error, LabError) else type(error).__name__
+    return ": ".join(p for p in (kind, text) if p) or type(error).__name__
+
+
+def partial_record(
+    config: BenchConfig, step: str, report: Mapping[str, Any], error: BaseException
+) -> dict[str, Any]:
+    """The report's `partial`: where the run stopped, why, and what did and did not run."""
+    done = [s["scenario"] for s in report["scenarios"]]
+    return {
+        "stopped_at": step,
+        "reason": describe_stop(error),
+        "completed": done,
+        "not_run": [n for n in config.scenarios if n not in done and n != step],
+    }
+
+
 # ----- a whole run -----------------------------------------------------------------------
 def run_bench(
     config: BenchConfig,
@@ -336,29 +370,42 @@ def run_bench(
         report["scenarios"] = []
         mode = "remote" if is_remote(config.target) else isolation_of(runners[CANDIDATE])
         aborted: str | None = None
-        for name in config.scenarios:
-            try:
-                results[name] = run_scenario(context, name, results)
-            except WorkerLost:  # the verdict gives the reason; report what ran so far
-                aborted = name
-                break
-            report["scenarios"].append(results[name])
-            if any(worker_lost(r) for r in runners.values()):
-                break
-        report["replay"] = None
-        checks = config.checks
-        if checks.replay_check and not any(worker_lost(r) for r in runners.values()):
-            with (
-                progress.phase("replay check (TEST04)", 1.0),
-                targets[CANDIDATE].open(offline=True) as target,
-            ):
-                report["replay"] = replay_check(
-                    target,
-                    workload,
-                    count=checks.replay_count,
-                    tolerance=checks.replay_tolerance,
-                    timeout_s=config.timeout_s,
-                )
+        step = ""
+        try:
+            for name in config.scenarios:
+                step = name
+                try:
+                    results[name] = run_scenario(context, name, results)
+                except WorkerLost:  # the verdict gives the reason; report what ran so far
+                    aborted = name
+                    break
+                report["scenarios"].append(results[name])
+                if any(worker_lost(r) for r in runners.values()):
+                    break
+            report["replay"] = None
+            checks = config.checks
+            if checks.replay_check and not any(worker_lost(r) for r in runners.values()):
+                step = "replay check"
+                with (
+                    progress.phase("replay check (TEST04)", 1.0),
+                    targets[CANDIDATE].open(offline=True) as target,
+                ):
+                    report["replay"] = replay_check(
+                        target,
+                        workload,
+                        count=checks.replay_count,
+                        tolerance=checks.replay_tolerance,
+                        timeout_s=config.timeout_s,
+                    )
+        except BaseException as exc:  # Ctrl-C, a late config error, a bug: keep what ran
+            if not report["scenarios"]:
+                raise
+            report["partial"] = partial_record(config, step, report, exc)
+            report.setdefault("replay", None)
+            report["isolation"] = isolation_report(mode, runners, aborted)
+            report["verdict"] = verdict(report)
+            report["wall_s"] = time.perf_counter() - started
+            raise PartialRun(report, step, exc) from exc
         report["isolation"] = isolation_report(mode, runners, aborted)
         report["verdict"] = verdict(report)
         report["wall_s"] = time.perf_counter() - started

@@ -21,6 +21,7 @@ import numpy as np
 
 NO_GPU = "no GPU"
 CHILDREN_EVERY_S = 1.0
+SERIES_POINTS = 60  # the report keeps at most this many samples over time (for a plot)
 
 
 def _nvml() -> Any:
@@ -142,6 +143,7 @@ class Telemetry:
         self.cpu_percent: list[float] = []
         self.system_cpu_percent: list[float] = []
         self.rss_bytes: list[int] = []
+        self.times_s: list[float] = []
         self.gpu: dict[str, list[float]] = {}
         self.gpu_status = NO_GPU
         self._nvml: Any = None
@@ -214,6 +216,7 @@ class Telemetry:
                 rss += int(child.memory_info().rss)
             except self._psutil.Error:  # it ended
                 del self._children[pid]
+        self.times_s.append(time.perf_counter() - self._started)
         self.cpu_percent.append(cpu)
         self.system_cpu_percent.append(float(self._psutil.cpu_percent(None)))
         self.rss_bytes.append(rss)
@@ -298,12 +301,34 @@ class Telemetry:
             result["gpu_throttle_reasons"] = sorted(self.throttle_reasons)
         if self.gpu_errors:
             result["gpu_errors"] = dict(self.gpu_errors)
+        result["series"] = self.series()
         if self.gpu:
             result["gpu_metrics"] = {
                 key: {"mean": float(np.mean(v)), "max": float(np.max(v))}
                 for key, v in self.gpu.items()
             }
         return result
+
+    def series(self) -> dict[str, list[float]]:
+        """The samples over time, thinned to at most SERIES_POINTS: seconds since start,
+        harness + workers CPU (% of one core), the machine's CPU (% of all cores), RSS (MB)
+        and, with a GPU, its utilisation (%) and memory used (MB)."""
+        n = len(self.times_s)
+        keep = sorted({round(i * (n - 1) / (SERIES_POINTS - 1)) for i in range(SERIES_POINTS)})
+        keep = [i for i in keep if i < n] if n > SERIES_POINTS else list(range(n))
+        series: dict[str, list[float]] = {
+            "t_s": [round(self.times_s[i], 3) for i in keep],
+            "process_cpu_percent": [round(self.cpu_percent[i], 1) for i in keep],
+            "system_cpu_percent": [round(self.system_cpu_percent[i], 1) for i in keep],
+            "rss_mb": [round(self.rss_bytes[i] / 1e6, 1) for i in keep],
+        }
+        gpu = {"utilization_percent": 1.0, "memory_used_bytes": 1e-6}
+        for key, scale in gpu.items():
+            values = self.gpu.get(key, [])
+            if len(values) == n:
+                name = "gpu_memory_used_mb" if key == "memory_used_bytes" else f"gpu_{key}"
+                series[name] = [round(values[i] * scale, 1) for i in keep]
+        return series
 
     def __enter__(self) -> Telemetry:
         return self.start()

@@ -29,12 +29,17 @@ from lab.bench.metrics import speedup
 from lab.bench.progress import Progress
 from lab.bench.schedule import poisson_schedule
 from lab.bench.target import Target
+from lab.errors import ConfigError
 from lab.repository import ModelHandle
 
 if TYPE_CHECKING:
     from lab.bench.run import TargetFactory
 
 CANDIDATE, BASELINE = "candidate", "baseline"
+# Open-loop queries are all prepared before the first is issued: their memory is bounded
+# (the harness and the model take a few hundred MB besides).
+PREPARED_QUERIES_BUDGET_BYTES = 400_000_000
+QUERY_OVERHEAD_BYTES = 2_000
 Measured = list[tuple[Segment, QuerySource]]
 RoleRun = Callable[[str, Target, int], tuple[Segment, QuerySource]]
 
@@ -191,9 +196,34 @@ class BenchContext:
         offsets = poisson_schedule(qps, drawn, seed)
         covering = int(np.searchsorted(offsets, int(duration_s * 1e9))) + 1
         offsets = offsets[: min(drawn, max(min_queries, covering))]
+        self.check_prepared_memory(
+            len(offsets), f"a server run at {qps:g} qps for {duration_s:g} s"
+        )
         source = self.source(tag, len(offsets))
         slo_ms = self.slo_ms if abort_on_slo else None
         return self.open_segment(target, source, offsets, keep, give_up_after_s, slo_ms)
+
+    def query_bytes(self) -> int:
+        """Roughly what one prepared single-sample query holds in memory: the sample, its
+        copy for the target, and Python's per-query bookkeeping (measured: about 2 KB)."""
+        (sample,) = self.workload.samples(1, "size-estimate")
+        data = sum(int(np.asarray(v).nbytes) for v in self.workload.collate([sample]).values())
+        return 2 * data + QUERY_OVERHEAD_BYTES
+
+    def max_prepared_queries(self) -> int:
+        """How many single-sample queries fit the memory budget."""
+        return PREPARED_QUERIES_BUDGET_BYTES // self.query_bytes()
+
+    def check_prepared_memory(self, queries: int, what: str) -> None:
+        """ConfigError when `queries` prepared ahead of an open-loop run would not fit the
+        memory budget (they are all built before the first is issued)."""
+        need = queries * self.query_bytes()
+        if need > PREPARED_QUERIES_BUDGET_BYTES:
+            raise ConfigError(
+                f"{what} prepares {queries:,} queries (about {need / 1e6:,.0f} MB) before "
+                f"issuing the first; the budget is {PREPARED_QUERIES_BUDGET_BYTES / 1e6:,.0f} "
+                f"MB: lower --qps or shorten --duration-s"
+            )
 
     def offline_segment(
         self, target: Target, tag: str, samples: int, batch_size: int, keep: bool
@@ -234,8 +264,7 @@ class BenchContext:
         result["audit"] = self.audit(kind, candidate, result) if self.config.checks.audit else None
         if BASELINE in measured:
             baseline = summarize(kind, [s for s, _ in measured[BASELINE]], rules)
-            for key in ("histogram", "stability"):
-                baseline.pop(key, None)
+            baseline.pop("stability", None)  # the histogram stays: plots draw it (1.4)
             result["baseline"] = baseline
             result["speedup"] = speedup(kind, measured[CANDIDATE], measured[BASELINE])
         if self.work is not None and self.ceilings is not None:

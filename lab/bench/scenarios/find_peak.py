@@ -24,6 +24,52 @@ NAME = "find-peak"
 FIND_PEAK_MIN_QUERIES = 700  # the confirming server run must be able to claim p99 (662)
 FIND_PEAK_STEP_MIN_QUERIES = 64
 FIND_PEAK_CONFIRM_ATTEMPTS = 4
+AGREEMENT = 0.20  # the bracket and the confirmed peak should agree within this
+# A step must be long enough to see an overload of `tolerance`: a queue growing at
+# tolerance x qps adds about tolerance x step_s of waiting by the step's end, so p99 only
+# crosses the SLO within a step of at least SLO / tolerance (twice that, for p99 to see it).
+OVERLOAD_SLO_MULTIPLE = 2.0
+
+
+def step_duration(
+    base_s: float, qps: float, slo_ms: float, tolerance: float, cap_s: float
+) -> float:
+    """A search step's length at `qps`: --find-peak-step-s at least, long enough for as many
+    queries as the confirming run needs to claim p99 and for an overload of `tolerance` to
+    push p99 over the SLO, and never longer than the confirming run (`cap_s`)."""
+    need = max(
+        base_s,
+        FIND_PEAK_MIN_QUERIES / qps,
+        OVERLOAD_SLO_MULTIPLE * slo_ms / 1e3 / max(tolerance, 1e-3),
+    )
+    return min(need, max(cap_s, base_s))
+
+
+def agreement(found: dict[str, Any], result: Result) -> dict[str, Any]:
+    """Whether the confirmed peak is within AGREEMENT of the bracket's lower end, and if
+    not, why (from the confirming runs' reasons and the machine's load)."""
+    low, peak = found["lower_qps"], result.get("peak_qps")
+    ratio = peak / low if peak is not None and low > 0 else None
+    agrees = ratio is not None and ratio >= 1 - AGREEMENT
+    why = ""
+    if not agrees:
+        failed = [a for a in found["final_attempts"] if not a["valid"]]
+        reasons = [r for a in failed for r in a.get("reasons", [])]
+        busy = (result.get("telemetry") or {}).get("other_processes_cpu_cores_mean")
+        parts = []
+        if low <= 0:
+            parts.append("no search step met the SLO")
+        if any("stable" in r for r in reasons):
+            parts.append("the full-length runs were unstable (their throughput or latency "
+                         "windows disagreed)")  # fmt: skip
+        if any("SLO" in r for r in reasons):
+            parts.append("p99 missed the SLO over the full length, which the shorter steps "
+                         "did not show")  # fmt: skip
+        if busy is not None and busy > 0.5:
+            parts.append(f"other processes used {busy:.1f} CPU cores meanwhile (not a quiet "
+                         "machine)")  # fmt: skip
+        why = "; ".join(parts) or "; ".join(reasons[:2]) or "no confirming run was VALID"
+    return {"confirmed_over_bracket": ratio, "within": AGREEMENT, "agrees": agrees, "why": why}
 
 
 def start_qps(context: BenchContext, earlier: Earlier, warm_latency_s: float | None) -> float:
@@ -99,16 +145,31 @@ def run(context: BenchContext, earlier: Earlier) -> Result:
     # last arrival count as failures (they are already far past the SLO).
     give_up_s = max(1.0, 4 * context.slo_ms / 1e3)
 
+    final_s = settings.final_duration_s or context.config.duration_s
+    fits = context.max_prepared_queries()
+    shortened: list[str] = []
+
+    def fitting(qps: float, duration_s: float) -> float:
+        """`duration_s`, shortened where that many arrivals would not fit the memory budget
+        for prepared queries (a fast model's peak can be tens of thousands of qps)."""
+        most_s = 0.9 * fits / qps
+        if duration_s <= most_s:
+            return duration_s
+        shortened.append(f"{duration_s:g} s at {qps:.0f} qps shortened to {most_s:.2f} s")
+        return most_s
+
     def trial(qps: float) -> bool:
+        length_s = step_duration(step_s, qps, context.slo_ms, settings.find_peak_tolerance, final_s)
+        length_s = fitting(qps, length_s)
         with (
-            context.progress.phase(f"{NAME} step {len(steps) + 1} at {qps:.1f} qps", step_s),
+            context.progress.phase(f"{NAME} step {len(steps) + 1} at {qps:.1f} qps", length_s),
             context.targets[CANDIDATE].open(drain=False) as target,
         ):
             segment = context.server_segment(
                 target,
                 f"{NAME}-step",
                 qps,
-                step_s,
+                length_s,
                 FIND_PEAK_STEP_MIN_QUERIES,
                 False,
                 give_up_after_s=give_up_s,
@@ -119,6 +180,7 @@ def run(context: BenchContext, earlier: Earlier) -> Result:
             {
                 "qps": qps,
                 "valid": valid,
+                "duration_s": length_s,
                 "queries": summary["queries"],
                 "p50_ms": summary["latency"]["percentiles"]["p50"]["ms"],
                 "p99_ms": summary["latency"]["percentiles"]["p99"]["ms"],
@@ -139,7 +201,6 @@ def run(context: BenchContext, earlier: Earlier) -> Result:
         "steps": steps,
         "final_attempts": attempts,
     }
-    final_s = settings.final_duration_s or context.config.duration_s
     if low <= 0:
         result = server.measure(
             context, min(s["qps"] for s in steps), final_s, FIND_PEAK_MIN_QUERIES
@@ -149,7 +210,7 @@ def run(context: BenchContext, earlier: Earlier) -> Result:
     else:
         qps = low
         for attempt in range(FIND_PEAK_CONFIRM_ATTEMPTS):
-            result = server.measure(context, qps, final_s, FIND_PEAK_MIN_QUERIES)
+            result = server.measure(context, qps, fitting(qps, final_s), FIND_PEAK_MIN_QUERIES)
             attempts.append(
                 {
                     "qps": qps,
@@ -162,6 +223,11 @@ def run(context: BenchContext, earlier: Earlier) -> Result:
             qps *= backoff(result, context.slo_ms, settings.find_peak_tolerance)
     result["scenario"] = NAME
     result["peak_qps"] = result["target_qps"] if result["validity"]["valid"] else None
+    found["agreement"] = agreement(found, result)
+    if shortened:
+        result["validity"].setdefault("warnings", []).append(
+            f"runs shortened to fit {fits:,} prepared queries in memory: {'; '.join(shortened)}"
+        )
     result["find_peak"] = found
     return result
 

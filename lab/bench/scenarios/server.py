@@ -15,11 +15,51 @@ from lab.errors import ConfigError
 NAME = "server"
 
 
+# A server run cannot sustain more than the target completes in a burst (offline is the
+# best case); above this multiple of the burst rate its result could only be INVALID.
+CEILING_SAFETY = 2.0
+PROBE_MAX_QUERIES = 2048
+
+
 def run(context: BenchContext, earlier: Earlier) -> Result:
     qps = context.config.qps
     if qps is None:
         raise ConfigError("the server scenario needs --qps (or use find-peak to search for it)")
+    check_reachable(context, float(qps))
     return measure(context, float(qps))
+
+
+def burst_qps(context: BenchContext) -> tuple[float, int] | None:
+    """(queries/s, queries) of a short burst on the candidate: every query issued at once,
+    batched up to the batcher's limit, after a warm-up. None when no query succeeded (the
+    run itself then reports the failures)."""
+    max_batch = context.config.batching.max_batch_size or context.handle.config.max_batch_size
+    count = int(min(max(64, 4 * max_batch), PROBE_MAX_QUERIES))
+    with context.targets[CANDIDATE].open() as target:
+        context.warm_up(target, f"{NAME}-probe")
+        with context.progress.phase(f"{NAME}: probing what the target can serve", 0):
+            segment, _ = context.offline_segment(target, f"{NAME}-probe", count, 1, False)
+    ok = int(segment.ok.sum())
+    if ok == 0 or segment.duration_ns <= 0:
+        return None
+    return ok / (segment.duration_ns / 1e9), count
+
+
+def check_reachable(context: BenchContext, qps: float) -> None:
+    """ConfigError, before the schedule is built, for a qps more than CEILING_SAFETY times
+    what the target completes in a burst: such a run could only queue up and fail."""
+    probe = burst_qps(context)
+    if probe is None:
+        return
+    rate, count = probe
+    ceiling = rate * CEILING_SAFETY
+    if qps > ceiling:
+        raise ConfigError(
+            f"--qps {qps:g} is beyond what this target can serve: a burst of {count} queries "
+            f"completed at {rate:,.0f} queries/s (the best case, batched), so a server run "
+            f"above {ceiling:,.0f} qps ({CEILING_SAFETY:g}x that) could only be INVALID; "
+            f"lower --qps, or use --scenario find-peak to search for the peak"
+        )
 
 
 def measure(
