@@ -15,7 +15,7 @@ import pytest
 
 from lab.errors import ConfigError
 from lab.grading.catalogue import load_catalogue, load_exercise
-from lab.grading.grade import Submission, grade_files, grade_hidden_checks
+from lab.grading.grade import Submission, grade_files
 from lab.grading.pack import pack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,17 +180,3 @@ def test_ship_it_file_checks_pass_on_the_reference_and_fail_on_the_starter(
     graded = grade_files(exercise, Submission("s", tmp_path / "s"))
     failed = [c for c in graded["checks"] if not c["passed"]]
     assert len(failed) == 1 and "nv_inference_made_up_total" in failed[0]["problems"][0]
-
-
-def test_pair_debug_without_hidden_checks_is_not_scored(tmp_path: Path) -> None:
-    try:
-        import lab.grading.debug  # noqa: F401
-    except ModuleNotFoundError:
-        pass
-    else:
-        pytest.skip("lab.grading.debug is present: its own tests cover the hidden checks")
-    folder = _copy(tmp_path)
-    exercise = load_exercise(folder)
-    result = grade_hidden_checks(exercise, Submission("x", tmp_path))
-    assert result["score"]["value"] is None
-    assert "hidden checks not available" in result["score"]["reason"]
