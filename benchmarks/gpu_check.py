@@ -15,6 +15,7 @@ Checks: the environment fingerprint; the `@pytest.mark.gpu` tests; NVML telemetr
 ceilings (fp32, tf32, fp16 with CUDA events); verify of encoder `base` with torch CUDA in
 fp32, tf32, fp16 and fp16 + CUDA graphs; a short `servelab bench` (offline) of each of tf32,
 fp16 and fp16 + CUDA graphs against torch CUDA fp32 as `--baseline` (same-run speed-ups);
+`servelab bench --dist replicas|shard|tensor --nproc 1 --dist-backend nccl` (one rank);
 verify with ONNX Runtime CUDA/TensorRT providers and the TensorRT runner when importable.
 """
 
@@ -143,6 +144,13 @@ def plan() -> list[tuple[str, list[str] | None, int, str | None]]:
         ("verify-torch-cuda-fp16", _servelab("verify", *MODEL, "--precision", "fp16", *CUDA, "--runner-option", "dtype=fp16"), 90, no_cuda),
         ("verify-torch-cuda-fp16-graphs", _servelab("verify", *MODEL, "--precision", "fp16", *CUDA, "--runner-option", "dtype=fp16", "--runner-option", "cuda_graph=true"), 60, no_cuda),
     ]  # fmt: skip
+    # torch.distributed over NCCL: one rank on one GPU (NCCL refuses two ranks on one device),
+    # which still runs init, every collective of each mode, and the rank's CUDA pinning.
+    for mode, model in (("replicas", "encoder"), ("shard", "ranker"), ("tensor", "encoder")):
+        command = _servelab("bench", "--model", model, "--size", "small", "--dist", mode,
+                            "--nproc", "1", "--dist-backend", "nccl", *BENCH,
+                            "--name", f"dist-nccl-{mode}")  # fmt: skip
+        checks.append((f"bench-dist-nccl-{mode}", command, 90, no_cuda))
     for label, precision, options in (
         ("tf32", "tf32", ["dtype=tf32"]),
         ("fp16", "fp16", ["dtype=fp16"]),
@@ -165,7 +173,7 @@ def plan() -> list[tuple[str, list[str] | None, int, str | None]]:
 def _speedups(out: Path, name: str) -> dict[str, Any]:
     """The same-run speed-ups from a bench report written under `out`."""
     figures: dict[str, Any] = {}
-    for path in sorted(out.glob(f"**/{name}*.json")):
+    for path in sorted(out.glob(f"**/*-{name}.json")):  # <timestamp>-<--name>.json
         try:
             report = json.loads(path.read_text())
         except ValueError:

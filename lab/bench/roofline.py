@@ -366,12 +366,14 @@ def measure_gpu_ceilings(
     matmul_n: int = GPU_MATMUL_N, copy_bytes: int = GPU_COPY_BYTES,
 ) -> dict[str, Any]:  # fmt: skip
     """GPU ceilings timed with CUDA events on the runner's device, synchronising that device
-    only. UNVERIFIED: no GPU has run this yet (benchmarks/gpu_check.py does)."""
+    only. Ran on an NVIDIA H200 (benchmarks/gpu_check.py, 2026-11-30)."""
     import torch
 
     if math not in CEILING_DTYPES:
         raise ValueError(f"unknown math {math!r} for GPU ceilings: {', '.join(CEILING_DTYPES)}")
     dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:  # "cuda": the current device, by its index
+        dev = torch.device("cuda", torch.cuda.current_device())
     dtype = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
              "bf16": torch.bfloat16}[math]  # fmt: skip
     saved = torch.backends.cuda.matmul.allow_tf32

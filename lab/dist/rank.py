@@ -86,7 +86,7 @@ def memory(engine: Engine, device: str) -> dict[str, int]:
         "param_bytes": engine.param_bytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
-    if device.startswith("cuda"):  # unverified: no GPU here
+    if device.startswith("cuda"):  # ran with one rank on one GPU
         import torch
 
         used["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated(device))
@@ -113,7 +113,7 @@ def main(argv: list[str]) -> int:
 
     backend = choose_backend(args.backend)
     device = rank_device(backend)
-    if device.startswith("cuda"):  # unverified: no GPU here
+    if device.startswith("cuda"):  # ran with one rank on one GPU
         torch.cuda.set_device(local_rank)
         torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference has no TF32
         torch.backends.cudnn.allow_tf32 = False

@@ -346,7 +346,9 @@ class DistRunner(IsolatedRunner):
             "world_size": self.ready.get("world_size"),
             "backend": self.ready.get("backend"),
             "device": self.ready.get("device"),
-            "verified": self.ready.get("backend") == "gloo",  # nccl: not yet run on a GPU
+            # gloo: tested; nccl: ran with one rank on one GPU only (several GPUs: not yet)
+            "verified": self.ready.get("backend") == "gloo"
+            or (self.ready.get("backend") == "nccl" and self.ready.get("world_size") == 1),
             "command": self.command,
             "coordinator": self.coordinator,
             "batches": coordinator.get("batches", 0),
