@@ -23,7 +23,7 @@ from lab.errors import ConfigError
 from lab.serve.config import ServeConfig
 from lab.serve.core import ModelServer
 from lab.serve.grpc_service import build_server
-from lab.serve.http import build_app, build_metrics_app
+from lab.serve.http import build_app, build_metrics_app, track_connections
 
 
 class Server:
@@ -58,6 +58,9 @@ class Server:
         try:
             http_app = build_app(core, config.max_body_bytes, token)
             self.ports["http"] = await self._site(http_app, config.http_port, "HTTP")
+            server = self._runners[-1].server
+            if server is not None:
+                track_connections(http_app, server)
             self._grpc, self.ports["grpc"] = build_server(
                 core, config.host, config.grpc_port, config.max_body_bytes, token
             )

@@ -107,6 +107,14 @@ def register(sub: Any) -> None:
     )
     _flag(
         g,
+        "--inline-max-compute-ms",
+        "adaptive only: a request alone in the server runs on the event loop, skipping the "
+        "batcher's thread hand-offs, when its model's lone compute is under this; 0 = off "
+        f"(default: {_D.inline_max_compute_ms:g})",
+        type=float,
+    )
+    _flag(
+        g,
         "--max-queue-size",
         f"queued requests before shedding with 503 (default: {_D.max_queue_size})",
         type=int,

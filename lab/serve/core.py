@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from lab import __version__
-from lab.batcher import DynamicBatcher, Tensors, batch_size_of
+from lab.batcher import ADAPTIVE, DynamicBatcher, Tensors, batch_size_of
 from lab.errors import ConfigError, InputError, LabError, ModelNotFound, RunnerError
 from lab.protocol.codec import InferRequest, ModelSpec
 from lab.repository import VERSION, ModelHandle, ModelRepository
@@ -101,6 +101,7 @@ class ModelStats:
         self.inference_count = 0
         self.execution_count = 0
         self.fallback_requests = 0
+        self.inline_requests = 0  # run on the event loop (ModelState.run_inline)
         self.last_inference_ms = 0
         self.batches: dict[int, BatchCounters] = {}
 
@@ -163,6 +164,7 @@ class ModelStats:
                     for size, c in sorted(self.batches.items())
                 ],
                 "fallback_requests": self.fallback_requests,
+                "inline_requests": self.inline_requests,
             }
 
 
@@ -243,6 +245,7 @@ class ModelState:
             else None
         )
         self._local = threading.local()
+        self.alone_compute_ms: float | None = None  # moving average of lone requests' compute
         self.ready = False
 
     @property
@@ -334,6 +337,9 @@ class ModelState:
                 primary_error = exc
             else:
                 self.breaker.record_success()
+                took_ms = (time.perf_counter_ns() - start) / 1e6
+                before = self.alone_compute_ms
+                self.alone_compute_ms = took_ms if before is None else 0.8 * before + 0.2 * took_ms
                 return self._with_info(outputs, rows, PRIMARY, start, batch)
         if self.fallback is None:
             assert primary_error is not None
@@ -364,6 +370,36 @@ class ModelState:
         info = np.empty((rows, 3), np.int64)
         info[:] = (route, start, end)
         return {**outputs, _INFO: info}
+
+    def may_run_inline(self) -> bool:
+        """Whether a request may run on the caller's thread now: the adaptive policy, the
+        fast path on, nothing queued or executing, no primary-timeout thread, and lone
+        requests known to compute within `inline_max_compute_ms`."""
+        limit_ms = self.config.inline_max_compute_ms
+        alone_ms = self.alone_compute_ms
+        return (
+            limit_ms > 0
+            and alone_ms is not None
+            and alone_ms < limit_ms
+            and self.batcher.policy == ADAPTIVE
+            and self.batcher.pending == 0
+            and self._primary_pool is None
+        )
+
+    def run_inline(self, request: InferRequest) -> Answer:
+        """One request executed on this thread, exactly as the batcher runs a lone request
+        (`_execute_alone`: breaker, fallback, drift, statistics), without its two thread
+        hand-offs. The caller checked `may_run_inline()`; the primary's lock still guards the
+        runner against a batch that a gRPC request started meanwhile."""
+        start = time.perf_counter_ns()
+        outputs = dict(self._execute_alone(request.inputs))
+        end = time.perf_counter_ns()
+        self._on_batch(request.rows, start, end)
+        with self.stats.lock:
+            self.stats.inline_requests += 1
+        route, exec_start, exec_end = (int(v) for v in outputs.pop(_INFO)[0])
+        split = (exec_start - start, exec_end - exec_start, end - exec_end)
+        return Answer(outputs, request.rows, request.rows, 0, end - start, ROUTES[route], split)
 
     def _on_batch(self, size: int, start_ns: int, end_ns: int) -> None:
         exec_start, exec_end = getattr(self._local, "last", (start_ns, end_ns))
@@ -557,8 +593,23 @@ class ModelServer:
         finally:
             self._inflight -= 1
 
-    async def infer(self, model: ModelState, request: InferRequest) -> Answer:
-        """Queue one checked request and wait for its answer (call inside `accepting()`)."""
+    async def infer(
+        self, model: ModelState, request: InferRequest, lone_connection: bool = False
+    ) -> Answer:
+        """Queue one checked request and wait for its answer (call inside `accepting()`).
+
+        `lone_connection`: the transport has no other connection open. Then a request that
+        is the only one in flight runs on this (the event loop's) thread when the model
+        allows it (`ModelState.may_run_inline`): at concurrency 1 nothing could join its
+        batch, and the batcher's hand-offs would be its only cost."""
+        if lone_connection and self._inflight == 1 and model.may_run_inline():
+            # Requests read in the same loop turn as this one start first, and count.
+            await asyncio.sleep(0)
+            if self._inflight == 1 and model.may_run_inline():
+                try:
+                    return model.run_inline(request)
+                except BatchFailed as exc:
+                    raise RunnerError(str(exc)) from exc
         future = model.batcher.submit(request.inputs, request.timeout_s)
         try:
             completion = await asyncio.wrap_future(future)

@@ -26,8 +26,25 @@ log = logging.getLogger("lab.serve")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+
+class OpenConnections:
+    """The HTTP server's open connections, once `track_connections` has named the server."""
+
+    def __init__(self) -> None:
+        self.server: web.Server | None = None
+
+    def lone(self) -> bool:
+        return self.server is not None and len(self.server.connections) == 1
+
+
 _SERVER = web.AppKey("server", ModelServer)
 _LIMIT = web.AppKey("max_body_bytes", int)
+_CONNECTIONS = web.AppKey("connections", OpenConnections)
+
+
+def track_connections(app: web.Application, server: web.Server) -> None:
+    """Let `infer` see how many connections `server` (the app's, after setup) holds open."""
+    app[_CONNECTIONS].server = server
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -157,7 +174,8 @@ async def infer(request: web.Request) -> web.Response:
             _check_body_size(len(body), limit)
             header = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH), len(body))
             decoded = codec.decode_http(state.spec, body, header)
-            answer = await server.infer(state, decoded)
+            lone = request.app[_CONNECTIONS].lone()
+            answer = await server.infer(state, decoded, lone_connection=lone)
             payload, json_size = codec.encode_http(
                 state.spec, decoded, answer.outputs, answer.parameters()
             )
@@ -183,6 +201,7 @@ def build_app(server: ModelServer, max_body_bytes: int, token: str | None) -> we
     )
     app[_SERVER] = server
     app[_LIMIT] = max_body_bytes
+    app[_CONNECTIONS] = OpenConnections()
     routes = [
         web.get("/v2/health/live", live),
         web.get("/v2/health/ready", ready),

@@ -8,7 +8,8 @@ _compute_input_duration_us, _compute_infer_duration_us, _compute_output_duration
 gauge nv_inference_pending_request_count. GPU gauges (label gpu_uuid) appear only when NVML
 finds a GPU; host gauges nv_cpu_utilization, nv_cpu_memory_total_bytes / _used_bytes come
 from /proc. Ours: servelab_batch_size (histogram of executed batch sizes),
-servelab_model_degraded (1 while the fallback answers), servelab_fallback_request_count and
+servelab_model_degraded (1 while the fallback answers), servelab_fallback_request_count,
+servelab_inline_request_count (requests alone in the server, run on the event loop) and
 servelab_primary_failure_count; drift (lab/serve/drift.py, absent with --no-drift):
 servelab_input_psi (label feature) and servelab_output_psi (label output), the population
 stability index of the last servelab_drift_window_rows rows against the reference workload,
@@ -224,6 +225,11 @@ def render(server: ModelServer, gpu: GpuGauges | None = None, cpu: CpuGauges | N
             "counter",
             "Number of successful requests answered by the fallback runner",
         ),
+        "inline": _Family(
+            "servelab_inline_request_count",
+            "counter",
+            "Number of requests run on the event loop, alone, without the batcher's hand-offs",
+        ),
         "primary_failures": _Family(
             "servelab_primary_failure_count",
             "counter",
@@ -286,6 +292,7 @@ def _model_lines(state: ModelState, f: dict[str, _Family], histogram: _Family) -
         f["infer_us"].add(labels, stats.compute_infer.ns // 1000)
         f["output_us"].add(labels, stats.compute_output.ns // 1000)
         f["fallback"].add(labels, stats.fallback_requests)
+        f["inline"].add(labels, stats.inline_requests)
         sizes = {size: c.compute_infer.count for size, c in stats.batches.items()}
     f["pending"].add(labels, state.batcher.pending)
     f["degraded"].add(labels, int(state.degraded))
