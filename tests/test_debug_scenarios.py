@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from lab.errors import ConfigError
-from lab.grading.debug import apply_fix, plant_fault, run_hidden_checks, tracked_files
+from lab.grading.catalogue import load_exercise
+from lab.grading.debug import apply_fix, plant_fault, run_hidden_checks, tree_files
+from lab.grading.files import tracked_files
+from lab.grading.pack import pack
 from lab.repository import ModelHandle
 
 if sys.version_info >= (3, 11):
@@ -99,7 +102,7 @@ def test_every_scenario_has_the_catalogue_layout() -> None:
 
 
 def test_a_planted_tree_holds_the_lab_and_no_exercise(tmp_path: Path) -> None:
-    names = tracked_files(ROOT)
+    names = tree_files(ROOT)
     assert "lab/serve/core.py" in names and "models/ranker/model.py" in names
     assert not [n for n in names if n.startswith(("exercises/", ".git/"))]
     tree = tmp_path / "tree"
@@ -109,6 +112,27 @@ def test_a_planted_tree_holds_the_lab_and_no_exercise(tmp_path: Path) -> None:
     assert not list(tree.rglob("*.onnx"))  # exports only when asked
     with pytest.raises(ConfigError, match="is not empty"):
         plant_fault(ROOT, EXERCISES / "late-events", tree)
+
+
+def test_copying_a_lab_without_git_is_one_config_error_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pack and plant_fault share one listing (git ls-files): no walk fallback, which would
+    copy ignored files (exports, caches) into a bundle or a planted tree."""
+    lab = tmp_path / "lab"
+    (lab / "lab").mkdir(parents=True)
+    (lab / "lab" / "core.py").write_text("x = 1\n")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no checkout above tmp_path
+    with pytest.raises(ConfigError, match="needs its git checkout at"):
+        tracked_files(lab)
+    with pytest.raises(ConfigError, match="needs its git checkout at"):
+        plant_fault(lab, EXERCISES / "late-events", tmp_path / "tree")
+    with pytest.raises(ConfigError, match="needs its git checkout at"):
+        pack(load_exercise(EXERCISES / "late-events"), tmp_path / "bundle", root=lab)
+    assert not (tmp_path / "tree").exists() and not (tmp_path / "bundle").exists()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git program at all
+    with pytest.raises(ConfigError, match="needs its git checkout at"):
+        tracked_files(ROOT)
 
 
 def test_hidden_checks_refuse_what_is_not_a_tree_or_an_exercise(tmp_path: Path) -> None:

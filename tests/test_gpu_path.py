@@ -513,10 +513,15 @@ def test_gpu_extras_never_mix_onnxruntime_builds_and_pin_the_cuda_major(repo_roo
 
 
 def test_telemetry_watches_the_cuda_device_the_runner_names() -> None:
-    from lab.bench.run import _cuda_index
+    from lab.bench.run import _ceiling_framework, _cuda_index
+    from lab.runners.base import Runner
     from lab.runners.onnxruntime import OnnxRuntimeRunner
     from lab.runners.torch import TorchRunner
 
-    assert _cuda_index(TorchRunner(device="cuda:1"), "fp32") == 1
-    assert _cuda_index(OnnxRuntimeRunner(provider="cuda", device_id=2), "fp32") == 2
-    assert _cuda_index(OnnxRuntimeRunner(), "fp32") == 0  # CPU: nothing to watch
+    def watched(runner: Runner | None) -> int:
+        return _cuda_index(_ceiling_framework(runner, "fp32")[1])
+
+    assert watched(TorchRunner(device="cuda:1")) == 1
+    assert watched(OnnxRuntimeRunner(provider="cuda", device_id=2)) == 2
+    assert watched(OnnxRuntimeRunner()) == 0  # CPU: nothing to watch
+    assert watched(None) == 0  # remote target: no local GPU

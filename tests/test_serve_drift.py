@@ -9,6 +9,7 @@ import math
 import re
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from lab.serve.drift import DriftMonitor, DriftSettings, Feature, _Window, psi
 from lab.serve.testing import ServerProcess
 from lab.workload import Workload
 
-ORT = {"intra_op_threads": 1}
+SMALL_WINDOW = {"drift_window_rows": 400, "drift_min_rows": 200}  # for ranker_serve_config
 
 
 # ----- the arithmetic -----------------------------------------------------------------------
@@ -137,26 +138,10 @@ def ranker_batches(
     return batches
 
 
-def ranker_config(**overrides: Any) -> ServeConfig:
-    base: dict[str, Any] = dict(
-        model=("ranker",),
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        runner_options=ORT,
-        fallback_options=ORT,
-        export=False,
-        drift_window_rows=400,
-        drift_min_rows=200,
-    )
-    base.update(overrides)
-    return ServeConfig(**base)
-
-
 def test_reference_like_stream_keeps_psi_low_and_a_shifted_one_alerts(
-    ranker_small: ModelHandle,
+    ranker_small: ModelHandle, ranker_serve_config: Callable[..., ServeConfig]
 ) -> None:
-    with BackgroundServer(ranker_config()) as server:
+    with BackgroundServer(ranker_serve_config(**SMALL_WINDOW)) as server:
         monitor = server.core.models["ranker"].drift
         assert monitor is not None
         assert monitor.output_ready.wait(120)
@@ -183,10 +168,10 @@ def test_reference_like_stream_keeps_psi_low_and_a_shifted_one_alerts(
 
 
 def test_fallback_policy_routes_to_the_fallback_while_inputs_drift(
-    ranker_small: ModelHandle,
+    ranker_small: ModelHandle, ranker_serve_config: Callable[..., ServeConfig]
 ) -> None:
     workload = Workload(ranker_small)
-    with BackgroundServer(ranker_config(drift_action="fallback")) as server:
+    with BackgroundServer(ranker_serve_config(**SMALL_WINDOW, drift_action="fallback")) as server:
         monitor = server.core.models["ranker"].drift
         assert monitor is not None
         shifted = ranker_batches(ranker_small, "drift-policy", 60, 8, scale=10.0)

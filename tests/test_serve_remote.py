@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,23 +29,11 @@ from lab.workload import Workload
 ORT = {"intra_op_threads": 1}
 
 
-def config(**overrides: object) -> ServeConfig:
-    base: dict[str, object] = dict(
-        model=("ranker",),
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        runner_options=ORT,
-        fallback_options=ORT,
-        export=False,
-    )
-    base.update(overrides)
-    return ServeConfig(**base)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="module")
-def server(ranker_small: ModelHandle) -> Iterator[BackgroundServer]:
-    with BackgroundServer(config()) as srv:
+def server(
+    ranker_small: ModelHandle, ranker_serve_config: Callable[..., ServeConfig]
+) -> Iterator[BackgroundServer]:
+    with BackgroundServer(ranker_serve_config()) as srv:
         yield srv
 
 
@@ -200,8 +188,10 @@ def test_locust_headless_run_has_no_failures(server: BackgroundServer, tmp_path:
     assert requests > 0 and failures == 0
 
 
-def test_locust_counts_wrong_outputs_as_failures(ranker_small: ModelHandle, tmp_path: Path) -> None:
-    corrupt = config(
+def test_locust_counts_wrong_outputs_as_failures(
+    ranker_small: ModelHandle, tmp_path: Path, ranker_serve_config: Callable[..., ServeConfig]
+) -> None:
+    corrupt = ranker_serve_config(
         runner="lab.serve.faults:FaultyRunner", runner_options={**ORT, "corrupt": True}
     )
     with BackgroundServer(corrupt) as srv:

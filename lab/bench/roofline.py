@@ -297,6 +297,27 @@ GPU_COPY_BYTES = 1 << 30
 CEILING_DTYPES = ("fp32", "tf32", "fp16", "bf16")
 
 
+def _ceilings(
+    framework: str, device: str, device_name: str | None, math: str, matmul_n: int,
+    copy_bytes: int, peak_flops: float, peak_bytes: float, started: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The ceilings record (report key roofline.ceilings) of a CPU or a GPU measurement;
+    `device_name` only for a GPU, `started` the perf_counter() reading before the timing."""
+    record: dict[str, Any] = {"framework": framework, "device": device}
+    if device_name is not None:
+        record["device_name"] = device_name
+    record.update(
+        math=math,
+        matmul_n=matmul_n,
+        copy_bytes=copy_bytes,
+        peak_flops_per_s=peak_flops,
+        peak_bytes_per_s=peak_bytes,
+        ridge_flops_per_byte=peak_flops / peak_bytes if peak_bytes > 0 else None,
+        measured_s=time.perf_counter() - started,
+    )
+    return record
+
+
 def measure_ceilings(
     framework: str = "numpy",
     budget_s: float = 1.0,
@@ -348,17 +369,10 @@ def measure_ceilings(
     started = time.perf_counter()
     peak_flops = _best_rate(matmul, flop, budget_s)
     peak_bytes = _best_rate(copy, 2.0 * copy_bytes, budget_s)
-    return {
-        "framework": framework if framework != "onnxruntime" else "onnxruntime (cpu)",
-        "device": device,
-        "math": "fp32",
-        "matmul_n": matmul_n,
-        "copy_bytes": copy_bytes,
-        "peak_flops_per_s": peak_flops,
-        "peak_bytes_per_s": peak_bytes,
-        "ridge_flops_per_byte": peak_flops / peak_bytes if peak_bytes > 0 else None,
-        "measured_s": time.perf_counter() - started,
-    }
+    framework = framework if framework != "onnxruntime" else "onnxruntime (cpu)"
+    return _ceilings(
+        framework, device, None, "fp32", matmul_n, copy_bytes, peak_flops, peak_bytes, started
+    )
 
 
 def measure_gpu_ceilings(
@@ -410,18 +424,18 @@ def measure_gpu_ceilings(
         peak_bytes = timed(lambda: dst.copy_(src), 2.0 * copy_bytes)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
-    return {
-        "framework": "torch (cuda events)",
-        "device": device,
-        "device_name": torch.cuda.get_device_name(dev),
-        "math": math,
-        "matmul_n": matmul_n,
-        "copy_bytes": copy_bytes,
-        "peak_flops_per_s": peak_flops,
-        "peak_bytes_per_s": peak_bytes,
-        "ridge_flops_per_byte": peak_flops / peak_bytes if peak_bytes > 0 else None,
-        "measured_s": time.perf_counter() - started,
-    }
+    name = torch.cuda.get_device_name(dev)
+    return _ceilings(
+        "torch (cuda events)",
+        device,
+        name,
+        math,
+        matmul_n,
+        copy_bytes,
+        peak_flops,
+        peak_bytes,
+        started,
+    )
 
 
 def attainment(

@@ -159,18 +159,22 @@ def _ceiling_framework(runner: Runner | None, precision: str = "fp32") -> tuple[
     return "numpy", "cpu", "fp32"
 
 
-def _cuda_index(runner: Runner | None, precision: str) -> int:
-    """The CUDA device the runner computes on (0 on the CPU): telemetry watches that GPU."""
-    _, device, _ = _ceiling_framework(runner, precision)
+def _cuda_index(device: str) -> int:
+    """The CUDA index of `device` (a _ceiling_framework device: "cuda:1"; 0 on the CPU):
+    telemetry watches the GPU the runner computes on."""
     index = device.partition(":")[2] if device.startswith("cuda") else ""
     return int(index) if index.isdigit() else 0
 
 
 def measure_roofline(
-    handle: ModelHandle, workload: Any, runner: Runner | None, progress: Progress
+    handle: ModelHandle,
+    workload: Any,
+    runner: Runner | None,
+    progress: Progress,
+    ceiling: tuple[str, str, str],
 ) -> dict[str, Any]:
     """{"work": ..., "ceilings": ...} for the report and the per-scenario attainment, or
-    {"skipped": reason}."""
+    {"skipped": reason}. `ceiling`: the runner's _ceiling_framework (framework, device, math)."""
     from lab.bench.roofline import measure_ceilings, work_model
 
     if not handle.onnx_path.is_file():
@@ -179,7 +183,7 @@ def measure_roofline(
         return {
             "skipped": "remote target: the ceilings of this machine say nothing of the server's"
         }
-    framework, device, math = _ceiling_framework(runner, handle.precision)
+    framework, device, math = ceiling
     with progress.phase("roofline: counting work and measuring ceilings", 3.0):
         pool = workload.samples(256, "roofline")
         work = work_model(handle.onnx_path, pool, handle.inputs)
@@ -332,9 +336,10 @@ def run_bench(
             )
             runners[BASELINE] = loaded
             targets[BASELINE] = TargetFactory(handle, config, runner=loaded)
+        ceiling = _ceiling_framework(candidate_runner, handle.precision)
         roofline: dict[str, Any] = {"skipped": "roofline disabled"}
         if config.report.roofline:
-            roofline = measure_roofline(handle, workload, candidate_runner, progress)
+            roofline = measure_roofline(handle, workload, candidate_runner, progress, ceiling)
         context = BenchContext(
             config,
             handle,
@@ -343,7 +348,7 @@ def run_bench(
             progress,
             work=roofline.get("work"),
             ceilings=roofline.get("ceilings"),
-            cuda_index=_cuda_index(candidate_runner, handle.precision),
+            cuda_index=_cuda_index(ceiling[1]),
         )
         report: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,

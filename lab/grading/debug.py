@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import ConfigError
+from lab.grading.files import copy_files, overlay, tracked_files
 
 # What a planted tree holds (git-tracked files under these paths).
 TREE_PARTS = (
@@ -39,7 +40,6 @@ TREE_PARTS = (
     "LICENSE",
 )
 NEVER = ("exercises/", ".git/", ".ci/")
-_SKIP_DIRS = {"__pycache__", ".venv", ".git", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 
 
 @dataclass
@@ -60,47 +60,14 @@ class HiddenCheckResult:
         return "\n".join(self.lines) or self.output_tail
 
 
-def tracked_files(lab_root: Path) -> list[str]:
-    """The lab's files to copy: git-tracked ones under TREE_PARTS (a plain walk without git)."""
-    lab_root = Path(lab_root)
-    try:
-        listed = subprocess.run(
-            ["git", "-C", str(lab_root), "ls-files", "-z"],
-            capture_output=True,
-            check=True,
-            timeout=60,
-        ).stdout.decode()
-        names = [n for n in listed.split("\0") if n]
-    except (OSError, subprocess.CalledProcessError):
-        names = []
-        for path in lab_root.rglob("*"):
-            rel = path.relative_to(lab_root)
-            if path.is_file() and not _SKIP_DIRS.intersection(rel.parts):
-                names.append(rel.as_posix())
-        # generated model versions (models/<name>/1/...) are not part of the lab's sources
-        names = [n for n in names if not (n.startswith("models/") and n.count("/") >= 3)]
-    keep = [
+def tree_files(lab_root: Path) -> list[str]:
+    """The lab's files a planted tree holds: git-tracked ones under TREE_PARTS (a ConfigError
+    without git, see lab.grading.files.tracked_files)."""
+    return [
         n
-        for n in names
-        if n.startswith(TREE_PARTS) and not n.startswith(NEVER) and (lab_root / n).is_file()
+        for n in tracked_files(Path(lab_root))
+        if n.startswith(TREE_PARTS) and not n.startswith(NEVER)
     ]
-    return sorted(keep)
-
-
-def overlay(source: Path, dest: Path) -> list[str]:
-    """Copy every file under `source` onto `dest` (replacing); returns the relative paths."""
-    written: list[str] = []
-    if not source.is_dir():
-        return written
-    for path in sorted(source.rglob("*")):
-        if path.is_dir() or _SKIP_DIRS.intersection(path.relative_to(source).parts):
-            continue
-        rel = path.relative_to(source)
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-        written.append(rel.as_posix())
-    return written
 
 
 def _exercise(exercise_dir: Path) -> Path:
@@ -119,10 +86,7 @@ def plant_fault(
     lab_root, exercise_dir, dest = Path(lab_root), _exercise(exercise_dir), Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise ConfigError(f"{dest} is not empty")
-    for name in tracked_files(lab_root):
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(lab_root / name, target)
+    copy_files(lab_root, tree_files(lab_root), dest)
     if with_exports:
         copy_exports(lab_root, dest)
     return overlay(exercise_dir / "fault", dest)

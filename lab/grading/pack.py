@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from lab.errors import ConfigError
 from lab.grading.catalogue import ROOT, Exercise
+from lab.grading.files import copy_files, overlay, tracked_files
 
 # Tracked files that never go into a bundle: the catalogue (its public parts are placed
 # separately) and what reads interviewer material (grading tests, calibration plugins).
@@ -39,20 +39,6 @@ EXCLUDED_FILES = frozenset(
 )
 
 
-def tracked_files(root: Path = ROOT) -> list[str]:
-    """The checkout's git-tracked files that exist in the working tree."""
-    try:
-        listed = subprocess.run(
-            ["git", "-C", str(root), "ls-files", "-z"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise ConfigError(f"pack needs the lab's git checkout at {root}: {exc}") from None
-    return sorted(p for p in listed.split("\0") if p and (root / p).is_file())
-
-
 def packed_lab_files(root: Path = ROOT) -> list[str]:
     return [
         p
@@ -65,17 +51,6 @@ def packed_lab_files(root: Path = ROOT) -> list[str]:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _copy_tree(source: Path, target: Path) -> list[Path]:
-    copied = []
-    for path in sorted(source.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            destination = target / path.relative_to(source)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, destination)
-            copied.append(destination)
-    return copied
 
 
 def submit_text(exercise: Exercise) -> str:
@@ -134,17 +109,11 @@ def pack(exercise: Exercise, out: Path | str, root: Path = ROOT) -> dict[str, An
     lab_files = packed_lab_files(root)
     out.mkdir(parents=True, exist_ok=True)
     lab_dir = out / "servelab"
-    for relative in lab_files:
-        destination = lab_dir / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(root / relative, destination)
-        shutil.copymode(root / relative, destination)
-    if exercise.fault_dir.is_dir():  # the planted fault: the candidate's copy of the lab
-        _copy_tree(exercise.fault_dir, lab_dir)
+    copy_files(root, lab_files, lab_dir)
+    overlay(exercise.fault_dir, lab_dir)  # the planted fault: the candidate's copy of the lab
     submission = out / "submission"
     submission.mkdir()
-    if exercise.starter_dir.is_dir():
-        _copy_tree(exercise.starter_dir, submission)
+    overlay(exercise.starter_dir, submission)
     (out / "BRIEF.md").write_text(exercise.brief())
     (out / "SUBMIT.md").write_text(submit_text(exercise))
     commit = subprocess.run(
