@@ -29,18 +29,10 @@ Body = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def server(ranker_small: ModelHandle) -> Iterator[BackgroundServer]:
-    config = ServeConfig(
-        model=("ranker",),
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        runner_options=ORT,
-        fallback_options=ORT,
-        max_queue_delay_us=200,
-        max_body_bytes=BODY_LIMIT,
-        export=False,
-    )
+def server(
+    ranker_small: ModelHandle, ranker_serve_config: Callable[..., ServeConfig]
+) -> Iterator[BackgroundServer]:
+    config = ranker_serve_config(max_queue_delay_us=200, max_body_bytes=BODY_LIMIT)
     with BackgroundServer(config) as srv:
         yield srv
 
@@ -342,13 +334,11 @@ POISON = 12345.0  # a valid dense count that the FaultyRunner fails on
 
 
 @pytest.fixture(scope="module")
-def merging(ranker_small: ModelHandle) -> Iterator[BackgroundServer]:
+def merging(
+    ranker_small: ModelHandle, ranker_serve_config: Callable[..., ServeConfig]
+) -> Iterator[BackgroundServer]:
     poisoned = {**ORT, "poison": POISON}
-    config = ServeConfig(
-        model=("ranker",),
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
+    config = ranker_serve_config(
         runner="lab.serve.faults:FaultyRunner",
         runner_options=poisoned,
         fallback_runner="lab.serve.faults:FaultyRunner",
@@ -358,7 +348,6 @@ def merging(ranker_small: ModelHandle) -> Iterator[BackgroundServer]:
         batch_policy="fixed_delay",
         max_queue_delay_us=600_000_000,
         preferred_batch_sizes=(5,),
-        export=False,
     )
     with BackgroundServer(config) as srv:
         yield srv

@@ -7,7 +7,7 @@ import concurrent.futures
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,22 +79,21 @@ def test_an_inconclusive_probe_rearms_without_counting() -> None:
 
 
 # ----- a server whose primary fails --------------------------------------------------------------
-def config(**overrides: Any) -> ServeConfig:
-    base: dict[str, Any] = dict(
-        model=("ranker",),
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        runner=FAULTY,
-        runner_options={**ORT, "fail": True},
-        fallback_options=ORT,
-        max_queue_delay_us=1000,
-        breaker_failures=2,
-        breaker_probe_s=600.0,
-        export=False,
-    )
-    base.update(overrides)
-    return ServeConfig(**base)
+@pytest.fixture(scope="module")
+def config(ranker_serve_config: Callable[..., ServeConfig]) -> Callable[..., ServeConfig]:
+    """A ranker server whose primary fails on every batch (override to change that)."""
+
+    def make(**overrides: Any) -> ServeConfig:
+        base: dict[str, Any] = dict(
+            runner=FAULTY,
+            runner_options={**ORT, "fail": True},
+            max_queue_delay_us=1000,
+            breaker_failures=2,
+            breaker_probe_s=600.0,
+        )
+        return ranker_serve_config(**{**base, **overrides})
+
+    return make
 
 
 def infer_all(
@@ -132,7 +131,9 @@ def metric(server: BackgroundServer, name: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def failing(ranker_small: ModelHandle) -> Iterator[BackgroundServer]:
+def failing(
+    ranker_small: ModelHandle, config: Callable[..., ServeConfig]
+) -> Iterator[BackgroundServer]:
     with BackgroundServer(config()) as srv:
         yield srv
 
@@ -170,7 +171,7 @@ def test_degraded_state_shows_in_metadata_statistics_and_metrics(
 
 
 def test_without_a_fallback_a_failing_primary_answers_500_naming_the_failure(
-    ranker_small: ModelHandle,
+    ranker_small: ModelHandle, config: Callable[..., ServeConfig]
 ) -> None:
     sample = Workload(ranker_small).samples(1, stream="serve-nofallback")[0]
     with BackgroundServer(config(fallback_runner="none")) as srv:
@@ -191,7 +192,9 @@ def test_without_a_fallback_a_failing_primary_answers_500_naming_the_failure(
         assert re.search(rf"^nv_inference_request_failure{{{labels}}} 1$", text, re.M)
 
 
-def test_primary_recovers_after_a_probe_succeeds(tmp_path: Path, ranker_small: ModelHandle) -> None:
+def test_primary_recovers_after_a_probe_succeeds(
+    tmp_path: Path, ranker_small: ModelHandle, config: Callable[..., ServeConfig]
+) -> None:
     down = tmp_path / "primary-down"
     down.touch()
     options = {**ORT, "fail_while": str(down)}
@@ -217,7 +220,9 @@ def test_primary_recovers_after_a_probe_succeeds(tmp_path: Path, ranker_small: M
         assert result.passed, result.summary()
 
 
-def test_a_stalled_primary_times_out_to_the_fallback(ranker_small: ModelHandle) -> None:
+def test_a_stalled_primary_times_out_to_the_fallback(
+    ranker_small: ModelHandle, config: Callable[..., ServeConfig]
+) -> None:
     workload = Workload(ranker_small)
     samples = workload.samples(3, stream="serve-stall")
     options = {**ORT, "delay_s": 3.0}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -18,26 +18,21 @@ from lab.serve.app import BackgroundServer
 from lab.serve.config import ServeConfig
 from lab.workload import Workload
 
-ORT = {"intra_op_threads": 1}
 FAULTY = "lab.serve.faults:FaultyRunner"
 POISON = 12345.0  # a valid dense count that the FaultyRunner fails on
 
 
-def config(**overrides: Any) -> ServeConfig:
+def faulty(make: Callable[..., ServeConfig], **overrides: Any) -> ServeConfig:
+    """A ranker server whose runners fail on POISON, drift off."""
+    poisoned = {"intra_op_threads": 1, "poison": POISON}
     base: dict[str, Any] = dict(
-        model=("ranker",),
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
         runner=FAULTY,
-        runner_options={**ORT, "poison": POISON},
+        runner_options=poisoned,
         fallback_runner=FAULTY,
-        fallback_options={**ORT, "poison": POISON},
+        fallback_options=poisoned,
         drift=False,
-        export=False,
     )
-    base.update(overrides)
-    return ServeConfig(**base)
+    return make(**{**base, **overrides})
 
 
 class Connection:
@@ -65,8 +60,10 @@ def inline_count(server: BackgroundServer) -> int:
 
 
 @pytest.fixture(scope="module")
-def adaptive(ranker_small: ModelHandle) -> Iterator[BackgroundServer]:
-    with BackgroundServer(config()) as srv:
+def adaptive(
+    ranker_small: ModelHandle, ranker_serve_config: Callable[..., ServeConfig]
+) -> Iterator[BackgroundServer]:
+    with BackgroundServer(faulty(ranker_serve_config)) as srv:
         yield srv
 
 
@@ -154,10 +151,12 @@ def test_an_inline_request_the_model_rejects_is_a_400_and_the_next_one_is_served
     ids=["fixed-delay", "turned-off", "model-too-slow", "primary-timeout"],
 )
 def test_a_lone_request_uses_the_batcher_when_the_fast_path_does_not_apply(
-    ranker_small: ModelHandle, overrides: dict[str, Any]
+    ranker_small: ModelHandle,
+    ranker_serve_config: Callable[..., ServeConfig],
+    overrides: dict[str, Any],
 ) -> None:
     samples = Workload(ranker_small).samples(4, stream="serve-inline-off")
-    with BackgroundServer(config(**overrides)) as srv:
+    with BackgroundServer(faulty(ranker_serve_config, **overrides)) as srv:
         client = Connection(srv)
         try:
             answers = [client.infer(s) for s in samples]
