@@ -601,15 +601,14 @@ class ModelServer:
         `lone_connection`: the transport has no other connection open. Then a request that
         is the only one in flight runs on this (the event loop's) thread when the model
         allows it (`ModelState.may_run_inline`): at concurrency 1 nothing could join its
-        batch, and the batcher's hand-offs would be its only cost."""
+        batch, and the batcher's hand-offs would be its only cost. (A request on another
+        transport that arrives meanwhile waits for this one, as it would behind the batcher
+        running it alone.)"""
         if lone_connection and self._inflight == 1 and model.may_run_inline():
-            # Requests read in the same loop turn as this one start first, and count.
-            await asyncio.sleep(0)
-            if self._inflight == 1 and model.may_run_inline():
-                try:
-                    return model.run_inline(request)
-                except BatchFailed as exc:
-                    raise RunnerError(str(exc)) from exc
+            try:
+                return model.run_inline(request)
+            except BatchFailed as exc:
+                raise RunnerError(str(exc)) from exc
         future = model.batcher.submit(request.inputs, request.timeout_s)
         try:
             completion = await asyncio.wrap_future(future)

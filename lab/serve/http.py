@@ -196,7 +196,7 @@ async def infer(request: web.Request) -> web.Response:
 
 def build_app(server: ModelServer, max_body_bytes: int, token: str | None) -> web.Application:
     app = web.Application(
-        middlewares=[_error_middleware, _auth_middleware(token)],
+        middlewares=[_error_middleware, *([_auth_middleware(token)] if token else [])],
         client_max_size=max_body_bytes,
     )
     app[_SERVER] = server
