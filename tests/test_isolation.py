@@ -16,7 +16,7 @@ import pytest
 
 from lab.errors import ConfigError, PluginError, RunnerError, WorkerLost
 from lab.isolation import isolation_of, make_runner, wire
-from lab.isolation.runner import IsolatedRunner
+from lab.isolation.runner import MAX_PARENT_SPIN_S, AnswerTime, IsolatedRunner
 from lab.repository import ModelHandle
 from lab.runners.onnxruntime import OnnxRuntimeRunner
 from lab.workload import SECRET_SEED_ENV, Workload
@@ -251,3 +251,21 @@ def test_unknown_runner_and_options_are_config_errors(encoder_small: ModelHandle
         runner.load(encoder_small)
     with pytest.raises(ConfigError, match="unknown isolation"):
         make_runner("onnxruntime", isolation="thread")
+
+
+def test_the_parent_spins_through_a_window_that_follows_how_much_answers_vary() -> None:
+    least_s = 0.0003
+    steady = AnswerTime(0.002)
+    for _ in range(60):
+        steady.update(0.002)
+    assert steady.mean_s == pytest.approx(0.002)
+    assert steady.window_s(least_s) == least_s  # no variation: the least window
+    jittery = AnswerTime(0.004)
+    for i in range(60):
+        jittery.update(0.004 + (0.0004 if i % 2 else -0.0004))
+    window = jittery.window_s(least_s)
+    assert least_s < window <= jittery.mean_s / 4  # wider, but at most a quarter of the mean
+    wild = AnswerTime(0.1)
+    for i in range(60):
+        wild.update(0.1 + (0.05 if i % 2 else -0.05))
+    assert wild.window_s(least_s) == MAX_PARENT_SPIN_S  # long, erratic batches: capped

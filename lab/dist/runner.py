@@ -304,7 +304,8 @@ class DistRunner(IsolatedRunner):
 
     def _receive(self, timeout_s: float, doing: str, batch: int = 0) -> bytes:
         assert self._sock is not None and self.process is not None
-        if not self._wait_briefly(self._expected_s.get(batch)):
+        sent = time.perf_counter()
+        if not self._wait_briefly(batch):
             deadline = time.monotonic() + timeout_s
             while not self._poller.poll(int(POLL_S * 1000)):
                 if self._dead_ranks():
@@ -313,6 +314,8 @@ class DistRunner(IsolatedRunner):
                     self._fail(f"torchrun {_how_it_ended(self.process.returncode)}", doing)
                 if time.monotonic() >= deadline:
                     self._fail(f"no answer within {timeout_s:g} s", doing)
+        if batch:
+            self._answered(batch, time.perf_counter() - sent)
         message = b""
         with contextlib.suppress(OSError):
             message = self._receiver.recv()

@@ -48,6 +48,7 @@ POLL_S = 0.5  # how often a wait checks that the worker is still alive
 # for the next batch after answering one (the harness usually sends it within a few us).
 PARENT_SPIN_S = 0.0003
 WORKER_SPIN_S = 0.002
+MAX_PARENT_SPIN_S = 0.002  # the widest spin around an answer's expected time
 CLOSE_TIMEOUT_S = 10.0
 LOAD_ERRORS: dict[str, type[Exception]] = {
     "ConfigError": ConfigError,
@@ -103,6 +104,25 @@ def _tighten_timers() -> None:
         pass
 
 
+class AnswerTime:
+    """How long answers of one batch size take: a moving mean and mean deviation (as TCP
+    estimates round trips), and from them the window to spin through around the mean."""
+
+    def __init__(self, took_s: float) -> None:
+        self.mean_s = took_s
+        self.deviation_s = took_s / 4
+
+    def update(self, took_s: float) -> None:
+        error = took_s - self.mean_s
+        self.mean_s += 0.2 * error
+        self.deviation_s += 0.2 * (abs(error) - self.deviation_s)
+
+    def window_s(self, least_s: float) -> float:
+        """Three deviations, at least `least_s`; at most a quarter of the mean (a long batch
+        is not worth a long spin) and MAX_PARENT_SPIN_S."""
+        return max(least_s, min(3 * self.deviation_s, self.mean_s / 4, MAX_PARENT_SPIN_S))
+
+
 class IsolatedRunner(Runner):
     """Runs `spec` (a built-in name or a plugin) with `options` in a worker process."""
 
@@ -147,7 +167,7 @@ class IsolatedRunner(Runner):
         self._output_names: list[str] = []
         self._in_layouts = wire.Layouts()
         self._out_layouts = wire.Layouts()
-        self._expected_s: dict[int, float] = {}  # recent answer time per batch size
+        self._answer_times: dict[int, AnswerTime] = {}  # per batch size
         # What the worker says its hook took (its own clock: for diagnostics, never results).
         self.worker_hook_ns = 0
 
@@ -284,7 +304,7 @@ class IsolatedRunner(Runner):
         """One message from the worker, or WorkerLost when it dies or stays silent."""
         assert self._sock is not None and self.process is not None
         sent = time.perf_counter()
-        if not self._wait_briefly(self._expected_s.get(batch)):
+        if not self._wait_briefly(batch):
             deadline = time.monotonic() + timeout_s
             while not self._poller.poll(int(POLL_S * 1000)):
                 if self.process.poll() is not None:
@@ -294,9 +314,7 @@ class IsolatedRunner(Runner):
                 if time.monotonic() >= deadline:
                     self._lose(f"runner worker hung: no answer within {timeout_s:g} s", doing)
         if batch:
-            took = time.perf_counter() - sent
-            before = self._expected_s.get(batch)
-            self._expected_s[batch] = took if before is None else 0.8 * before + 0.2 * took
+            self._answered(batch, time.perf_counter() - sent)
         message = b""
         with contextlib.suppress(OSError):  # a reset connection is a dead worker too
             message = self._receiver.recv()
@@ -307,22 +325,32 @@ class IsolatedRunner(Runner):
             self.process.wait(timeout=5.0)
         self._lose(f"runner worker died: {_how_it_ended(self.process.poll())}", doing)
 
-    def _wait_briefly(self, expected_s: float | None) -> bool:
+    def _answered(self, batch: int, took_s: float) -> None:
+        times = self._answer_times.get(batch)
+        if times is None:
+            self._answer_times[batch] = AnswerTime(took_s)
+        else:
+            times.update(took_s)
+
+    def _wait_briefly(self, batch: int) -> bool:
         """True when the answer arrived within about the time it usually takes. On a VM a
         sleeping process takes tens of microseconds to wake, more than the rest of the
         exchange: so sleep until shortly before the answer is due (waking early if it comes
-        sooner), then spin through the moment it is due, yielding the core to anyone who
-        wants it. Answers that take much longer than usual fall back to sleeping."""
+        sooner), then spin through the time it is likely to come, yielding the core to
+        anyone who wants it. The window follows how much answers of this batch size vary
+        (`AnswerTime`). Answers that take much longer than usual fall back to sleeping."""
         if not self.spin_s > 0:
             return False
         if not getattr(_thread_state, "tight_timers", False):
             _tighten_timers()
-        if expected_s is not None and expected_s > self.spin_s:
+        times = self._answer_times.get(batch)
+        window_s = self.spin_s if times is None else times.window_s(self.spin_s)
+        if times is not None and times.mean_s > window_s:
             assert self._sock is not None
-            ready, _, _ = select.select([self._sock], [], [], expected_s - self.spin_s)
+            ready, _, _ = select.select([self._sock], [], [], times.mean_s - window_s)
             if ready:
                 return True
-        return wire.wait_readable(self._poller, 2 * self.spin_s, 0.0)
+        return wire.wait_readable(self._poller, 2 * window_s, 0.0)
 
     def _lose(self, what: str, doing: str) -> NoReturn:
         self.lost = f"{what} while {doing}"
