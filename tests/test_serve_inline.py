@@ -7,6 +7,7 @@ import http.client
 import json
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -164,3 +165,68 @@ def test_a_lone_request_uses_the_batcher_when_the_fast_path_does_not_apply(
             client.close()
         assert [a[0] for a in answers] == [200] * len(samples)
         assert inline_count(srv) == 0
+
+
+def test_while_the_fallback_answers_no_request_runs_inline(
+    tmp_path: Path, ranker_small: ModelHandle, ranker_serve_config: Callable[..., ServeConfig]
+) -> None:
+    down = tmp_path / "primary-down"
+    config = faulty(
+        ranker_serve_config,
+        runner_options={"intra_op_threads": 1, "fail_while": str(down)},
+        fallback_runner="onnxruntime",
+        fallback_options={"intra_op_threads": 1},
+        breaker_failures=1,
+        breaker_probe_s=600.0,
+    )
+    samples = Workload(ranker_small).samples(8, stream="serve-inline-degraded")
+    with BackgroundServer(config) as srv:
+        state = srv.core.models["ranker"]
+        client = Connection(srv)
+        try:
+            healthy = [client.infer(s) for s in samples[:3]]
+            assert inline_count(srv) >= 2 and not state.degraded
+            down.touch()  # the primary breaks: one failure opens the breaker
+            before = inline_count(srv)
+            degraded = [client.infer(s) for s in samples[3:]]
+        finally:
+            client.close()
+    assert [a[0] for a in healthy + degraded] == [200] * len(samples)
+    assert {a[1][1]["servelab_runner"] for a in degraded} == {"fallback"}
+    assert state.degraded
+    # At most the request that found the breaker closed ran here; none since.
+    assert inline_count(srv) - before <= 1
+
+
+def test_a_request_too_large_for_the_inline_bound_goes_through_the_batcher(
+    adaptive: BackgroundServer, ranker_small: ModelHandle
+) -> None:
+    state = adaptive.core.models["ranker"]
+    workload = Workload(ranker_small)
+    one = workload.samples(1, stream="serve-inline-rows")[0]
+    many = workload.collate(workload.samples(64, stream="serve-inline-rows"))
+    limit_ms = state.config.inline_max_compute_ms
+    client = Connection(adaptive)
+    try:
+        assert client.infer(one)[0] == 200
+        state.alone_ms_per_row = limit_ms / 32  # 1 row fits the bound, 64 rows do not
+        before = inline_count(adaptive)
+        assert client.infer(one)[0] == 200
+        assert inline_count(adaptive) == before + 1
+        state.alone_ms_per_row = limit_ms / 32
+        status, (outputs, params) = client.infer(many)
+    finally:
+        client.close()
+    assert status == 200 and outputs["probability"].shape == (64, 1)
+    assert inline_count(adaptive) == before + 1 and params["servelab_batch_size"] == 64
+
+
+def test_runners_that_wait_on_another_process_never_run_on_the_event_loop() -> None:
+    from lab.dist.runner import DistRunner
+    from lab.isolation.runner import IsolatedRunner
+    from lab.runners.onnxruntime import OnnxRuntimeRunner
+    from lab.runners.remote import RemoteRunner
+    from lab.runners.torch import TorchRunner
+
+    assert RemoteRunner.may_stall and IsolatedRunner.may_stall and DistRunner.may_stall
+    assert not OnnxRuntimeRunner.may_stall and not TorchRunner.may_stall

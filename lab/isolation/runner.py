@@ -127,6 +127,7 @@ class IsolatedRunner(Runner):
     """Runs `spec` (a built-in name or a plugin) with `options` in a worker process."""
 
     name: ClassVar[str] = "isolated"
+    may_stall: ClassVar[bool] = True
 
     def __init__(
         self,

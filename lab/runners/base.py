@@ -28,6 +28,10 @@ class Runner:
     """Base class for every backend. Subclasses set `name` and implement the hooks."""
 
     name: ClassVar[str] = "runner"
+    # True for runners that wait on something outside this process (a remote server, a
+    # worker process) and so may stall for a whole timeout: the server never runs those on
+    # its event loop (lab.serve.core, ModelState.may_run_inline).
+    may_stall: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = dict(options)

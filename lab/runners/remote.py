@@ -26,6 +26,7 @@ from lab.runners.base import Runner
 
 class RemoteRunner(Runner):
     name = "remote"
+    may_stall = True
 
     def __init__(
         self,

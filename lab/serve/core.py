@@ -43,7 +43,7 @@ from lab.protocol.codec import InferRequest, ModelSpec
 from lab.repository import VERSION, ModelHandle, ModelRepository
 from lab.runners import create_runner
 from lab.runners.base import Runner
-from lab.serve.breaker import CircuitBreaker
+from lab.serve.breaker import CLOSED, CircuitBreaker
 from lab.serve.config import ServeConfig
 from lab.serve.drift import DriftMonitor, build_monitor
 from lab.serve.errors import BatchFailed, ShuttingDown, failure_reason
@@ -245,7 +245,8 @@ class ModelState:
             else None
         )
         self._local = threading.local()
-        self.alone_compute_ms: float | None = None  # moving average of lone requests' compute
+        # Moving average of a lone request's execution per row, whatever answered it.
+        self.alone_ms_per_row: float | None = None
         self.ready = False
 
     @property
@@ -323,9 +324,20 @@ class ModelState:
 
     def _execute_alone(self, batch: Tensors) -> dict[str, np.ndarray]:
         """One request: the primary; on a runner fault the fallback answers and the fault
-        counts towards the breaker. An input error never reaches the fallback."""
-        rows = batch_size_of(batch)
+        counts towards the breaker. An input error never reaches the fallback. Its wall
+        time, however it ended, feeds `alone_ms_per_row` (see `may_run_inline`)."""
         start = time.perf_counter_ns()
+        try:
+            return self._execute_alone_routed(batch, start)
+        finally:
+            per_row_ms = (time.perf_counter_ns() - start) / 1e6 / max(1, batch_size_of(batch))
+            before = self.alone_ms_per_row
+            self.alone_ms_per_row = (
+                per_row_ms if before is None else 0.8 * before + 0.2 * per_row_ms
+            )
+
+    def _execute_alone_routed(self, batch: Tensors, start: int) -> dict[str, np.ndarray]:
+        rows = batch_size_of(batch)
         primary_error: LabError | None = None
         if not self.drift_fallback and self.breaker.allow_primary():
             try:
@@ -337,9 +349,6 @@ class ModelState:
                 primary_error = exc
             else:
                 self.breaker.record_success()
-                took_ms = (time.perf_counter_ns() - start) / 1e6
-                before = self.alone_compute_ms
-                self.alone_compute_ms = took_ms if before is None else 0.8 * before + 0.2 * took_ms
                 return self._with_info(outputs, rows, PRIMARY, start, batch)
         if self.fallback is None:
             assert primary_error is not None
@@ -371,25 +380,38 @@ class ModelState:
         info[:] = (route, start, end)
         return {**outputs, _INFO: info}
 
-    def may_run_inline(self) -> bool:
-        """Whether a request may run on the caller's thread now: the adaptive policy, the
-        fast path on, nothing queued or executing, no primary-timeout thread, and lone
-        requests known to compute within `inline_max_compute_ms`."""
+    def may_run_inline(self, rows: int) -> bool:
+        """Whether a request of `rows` rows may run on the caller's (the event loop's) thread
+        now, which then serves nothing else until it is done. Only when all of these hold:
+        the fast path is on under the adaptive policy; nothing is queued or executing and
+        neither runner's lock is held (the drift monitor may be computing its reference);
+        the breaker is closed and drift sends nothing to the fallback (no probe, no
+        fallback answer runs here); no runner waits on anything outside this process
+        (`Runner.may_stall`) and no primary-timeout thread is in play; and lone requests,
+        however they were answered, have taken under `inline_max_compute_ms` for this many
+        rows."""
         limit_ms = self.config.inline_max_compute_ms
-        alone_ms = self.alone_compute_ms
+        per_row_ms = self.alone_ms_per_row
+        fallback = self.fallback
         return (
             limit_ms > 0
-            and alone_ms is not None
-            and alone_ms < limit_ms
+            and per_row_ms is not None
+            and per_row_ms * rows < limit_ms
             and self.batcher.policy == ADAPTIVE
             and self.batcher.pending == 0
+            and not self._primary_lock.locked()
+            and not self._fallback_lock.locked()
+            and self.breaker.state == CLOSED
+            and not self.drift_fallback
             and self._primary_pool is None
+            and not self.primary.may_stall
+            and (fallback is None or not fallback.may_stall)
         )
 
     def run_inline(self, request: InferRequest) -> Answer:
         """One request executed on this thread, exactly as the batcher runs a lone request
         (`_execute_alone`: breaker, fallback, drift, statistics), without its two thread
-        hand-offs. The caller checked `may_run_inline()`; the primary's lock still guards the
+        hand-offs. The caller checked `may_run_inline(rows)`; the primary's lock still guards the
         runner against a batch that a gRPC request started meanwhile."""
         start = time.perf_counter_ns()
         outputs = dict(self._execute_alone(request.inputs))
@@ -604,7 +626,7 @@ class ModelServer:
         batch, and the batcher's hand-offs would be its only cost. (A request on another
         transport that arrives meanwhile waits for this one, as it would behind the batcher
         running it alone.)"""
-        if lone_connection and self._inflight == 1 and model.may_run_inline():
+        if lone_connection and self._inflight == 1 and model.may_run_inline(request.rows):
             try:
                 return model.run_inline(request)
             except BatchFailed as exc:

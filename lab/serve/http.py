@@ -230,6 +230,8 @@ def build_metrics_app(server: ModelServer, token: str | None) -> web.Application
             body=render(server, gpu, cpu).encode(), headers={"Content-Type": CONTENT_TYPE}
         )
 
-    app = web.Application(middlewares=[_error_middleware, _auth_middleware(token)])
+    app = web.Application(
+        middlewares=[_error_middleware, *([_auth_middleware(token)] if token else [])]
+    )
     app.add_routes([web.get("/metrics", metrics)])
     return app
