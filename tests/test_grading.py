@@ -165,10 +165,11 @@ def test_grade_report_has_rubric_notes_and_isolation(graded: dict[str, Any]) -> 
 
 
 @pytest.mark.slow
-def test_compare_ranks_candidates_by_score(graded: dict[str, Any]) -> None:
+def test_compare_ranks_candidates_by_score(graded: dict[str, Any], tmp_path: Path) -> None:
     paths = sorted(str(p) for p in graded["folder"].glob("*.grade.json"))
+    page = tmp_path / "candidates.html"
     done = subprocess.run(
-        [sys.executable, "-m", "lab", "compare", *paths],
+        [sys.executable, "-m", "lab", "compare", *paths, "--html", str(page)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -185,6 +186,9 @@ def test_compare_ranks_candidates_by_score(graded: dict[str, Any]) -> None:
         n for n, v in zip(names, verdicts) if v == "ZERO"
     }
     assert "ZERO" in rows[-1]
+    html_page = page.read_text()  # the same ranking, as a page
+    assert html_page.startswith("<!DOCTYPE html>") and "<table>" in html_page
+    assert html_page.index("<td>reference</td>") < html_page.index("<td>starter</td>")
 
 
 def test_compare_refuses_grade_reports_of_two_exercises() -> None:

@@ -92,6 +92,13 @@ def compare_grades(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}")
     else:
         print(markdown, end="")
+    if getattr(args, "html", None):
+        from lab.bench.markdown_html import markdown_to_html
+        from lab.bench.render import page
+
+        title = f"ServeLab candidates: {reports[0]['exercise']['name']}"
+        Path(args.html).write_text(page(title, markdown_to_html(markdown)))
+        print(f"wrote {args.html}")
     return 0
 
 
