@@ -12,7 +12,7 @@
 Both servers run in their own processes; the sides are measured in alternating rounds and
 the per-round ratios reported with their median. Exit 1 when a target is missed.
 
-    .venv/bin/python benchmarks/server_batching.py [--model encoder] [--rounds 3]
+    .venv/bin/python benchmarks/server_batching.py [--model encoder] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def main() -> int:
     parser.add_argument("--model", default="encoder")
     parser.add_argument("--size", default="small")
     parser.add_argument("--runner", default="onnxruntime")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--singles", type=int, default=200, help="requests per c=1 pass")
     parser.add_argument("--batches", type=int, default=4, help="full batches per saturated pass")
     parser.add_argument("--block", type=int, default=10, help="requests per c=1 block")
