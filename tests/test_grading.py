@@ -16,7 +16,7 @@ import pytest
 from lab.errors import ConfigError
 from lab.grading.candidates import ranked
 from lab.grading.catalogue import load_exercise
-from lab.grading.grade import load_submission, normalised
+from lab.grading.grade import gate_reasons, load_submission, normalised
 
 ROOT = Path(__file__).resolve().parent.parent
 EXERCISE = ROOT / "exercises/optimise-encoder"
@@ -197,3 +197,56 @@ def test_compare_refuses_grade_reports_of_two_exercises() -> None:
 
     with pytest.raises(ConfigError, match="different exercises"):
         ranked([fake("a"), fake("b")])
+
+
+def _leg_report(**changes: Any) -> dict[str, Any]:
+    """A bench report's parts that gate a leg: offline (scored) and find-peak, both VALID."""
+
+    def scenario(name: str) -> dict[str, Any]:
+        return {
+            "scenario": name,
+            "validity": {"valid": True, "reasons": []},
+            "audit": {"passed": True, "failing": [], "audited": 8},
+            "distinct_samples": {"samples": 100, "repeated": 0},
+        }
+
+    report: dict[str, Any] = {
+        "scenarios": [scenario("offline"), scenario("find-peak")],
+        "verdict": {"valid": True, "reasons": []},
+        "isolation": {"mode": "process"},
+    }
+    for name, (key, value) in changes.items():
+        target = next(s for s in report["scenarios"] if s["scenario"] == name.replace("_", "-"))
+        target[key] = value
+    for s in report["scenarios"]:  # the bench verdict lists every scenario's reasons
+        report["verdict"]["reasons"] += [f"{s['scenario']}: {r}" for r in s["validity"]["reasons"]]
+    return report
+
+
+def test_a_find_peak_that_confirms_no_peak_is_the_slos_finding_not_a_gate() -> None:
+    slo_missed = {"valid": False, "reasons": ["p99 latency 302 ms exceeds the SLO of 130 ms"]}
+    report = _leg_report(find_peak=("validity", slo_missed))
+    assert not gate_reasons(report, "offline")  # scored on offline: still scored
+    assert gate_reasons(report, "find-peak") == [
+        "find-peak: p99 latency 302 ms exceeds the SLO of 130 ms"
+    ]
+
+
+def test_what_makes_answers_or_measurements_untrustworthy_gates_any_scenario() -> None:
+    wrong = {"passed": False, "failing": [3, 5], "audited": 8}
+    assert gate_reasons(_leg_report(find_peak=("audit", wrong)), "offline") == [
+        "find-peak: audit failed: outputs of 2 of 8 audited samples do not match the reference"
+    ]
+    repeats = _leg_report(find_peak=("distinct_samples", {"samples": 100, "repeated": 4}))
+    assert gate_reasons(repeats, "offline") == ["find-peak: 4 samples were repeats"]
+    unstable = {"valid": False, "reasons": ["unstable: throughput varies by 35%"]}
+    assert gate_reasons(_leg_report(offline=("validity", unstable)), "offline") == [
+        "offline: unstable: throughput varies by 35%"
+    ]
+    flagged = _leg_report()
+    flagged["verdict"]["reasons"].append("replay check: replayed queries ran 3x faster")
+    flagged["isolation"] = {"mode": "none"}
+    assert gate_reasons(flagged, "offline") == [
+        "replay check: replayed queries ran 3x faster",
+        "the runner did not run in an isolated worker process",
+    ]

@@ -266,10 +266,34 @@ def verify_gate(
     return result.to_dict(), None
 
 
-def gate_reasons(report: Mapping[str, Any]) -> list[str]:
-    """Why a candidate leg cannot be scored (empty: it can)."""
-    reasons = list(report["verdict"]["reasons"])
-    if (report.get("isolation") or {}).get("mode") != "process":
+def gate_reasons(report: Mapping[str, Any], scored: str) -> list[str]:
+    """Why a leg cannot be scored (empty: it can): every reason of the scored scenario; in
+    any other scenario, what says the answers or the measurement cannot be trusted (a failed
+    audit, repeated samples); the replay check, a lost or over-budget worker, a partial run;
+    and a runner outside an isolated worker. A find-peak or server scenario that only missed
+    its SLO, its minimum length or stability is the SLO's finding (`slo_summary`), not a gate:
+    on a loaded machine find-peak may confirm no peak at all, even for the reference."""
+    reasons: list[str] = []
+    for scenario in report["scenarios"]:
+        name = scenario["scenario"]
+        if name == scored:
+            reasons += [f"{name}: {r}" for r in scenario["validity"]["reasons"]]
+            continue
+        audit = scenario.get("audit")
+        if audit is not None and not audit["passed"]:
+            reasons.append(
+                f"{name}: audit failed: outputs of {len(audit['failing'])} of "
+                f"{audit['audited']} audited samples do not match the reference"
+            )
+        repeated = (scenario.get("distinct_samples") or {}).get("repeated")
+        if repeated:
+            reasons.append(f"{name}: {repeated} samples were repeats")
+    prefixes = tuple(f"{s['scenario']}: " for s in report["scenarios"])
+    reasons += [r for r in report["verdict"]["reasons"] if not r.startswith(prefixes)]
+    isolation = report.get("isolation") or {}
+    if isolation.get("aborted_scenario"):
+        reasons.append(f"{isolation['aborted_scenario']}: not run to the end (worker lost)")
+    if isolation.get("mode") != "process":
         reasons.append("the runner did not run in an isolated worker process")
     return reasons
 
@@ -348,16 +372,15 @@ def grade_speed(
         )  # fmt: skip
         part["candidate_leg"] = leg_summary(leg, scenario)
         part["slo"] = slo_summary(leg.report, profile)
-        reasons = gate_reasons(leg.report)
+        reasons = gate_reasons(leg.report, scenario)
         speed = part["candidate_leg"]["speedup"]
         assert reference is not None
         ref_speed = part["reference_leg"]["speedup"]
         if reasons:
             part["score"] = zero("; ".join(reasons))
-        elif not reference.report["verdict"]["valid"]:
+        elif reference_gate := gate_reasons(reference.report, scenario):
             part["score"] = not_scored(
-                "the reference leg was INVALID: "
-                + "; ".join(reference.report["verdict"]["reasons"])
+                "the reference leg was INVALID: " + "; ".join(reference_gate)
             )
         elif not speed or not ref_speed:
             part["score"] = not_scored(f"no {scenario} speed-up was measured")
