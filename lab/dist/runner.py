@@ -117,12 +117,7 @@ class DistRunner(IsolatedRunner):
         from lab.weights import ensure_weights
 
         ensure_weights(model)  # once, here: ranks only read the file
-        self._dims = wire.dims_struct([len(spec.shape) for spec in model.inputs])
-        self._input_names = [spec.name for spec in model.inputs]
-        self._input_dtypes_list = [np.dtype(spec.dtype) for spec in model.inputs]
-        self._output_names = [spec.name for spec in model.outputs]
-        self._arena_in = wire.Arena.create("servelab-dist-inputs")
-        self._arena_out = wire.Arena.create("servelab-dist-outputs")
+        self._open_wire(model, "servelab-dist")
         self._arena_stats = wire.Arena.create("servelab-dist-stats", STATS_BYTES)
         assert self._arena_stats.map is not None
         self._slots = np.ndarray(

@@ -173,13 +173,18 @@ class IsolatedRunner(Runner):
         self.worker_hook_ns = 0
 
     # ----- hooks -------------------------------------------------------------------------
-    def load_impl(self, model: ModelHandle) -> None:
+    def _open_wire(self, model: ModelHandle, prefix: str) -> None:
+        """The model's wire layout and the two shared-memory arenas (inputs, outputs)."""
         self._dims = wire.dims_struct([len(spec.shape) for spec in model.inputs])
         self._input_names = [spec.name for spec in model.inputs]
         self._input_dtypes_list = [np.dtype(spec.dtype) for spec in model.inputs]
         self._output_names = [spec.name for spec in model.outputs]
-        self._arena_in = wire.Arena.create("servelab-inputs")
-        self._arena_out = wire.Arena.create("servelab-outputs")
+        self._arena_in = wire.Arena.create(f"{prefix}-inputs")
+        self._arena_out = wire.Arena.create(f"{prefix}-outputs")
+
+    def load_impl(self, model: ModelHandle) -> None:
+        self._open_wire(model, "servelab")
+        assert self._arena_in is not None and self._arena_out is not None
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fds = (child_end.fileno(), self._arena_in.fd, self._arena_out.fd)
         started = time.perf_counter()

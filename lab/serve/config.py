@@ -77,12 +77,12 @@ class ServeConfig:
     # `drift_window_rows` rows against the reference workload; warn / alert thresholds;
     # action "fallback" routes batches to the fallback runner while an input is at alert.
     drift: bool = True
-    drift_window_rows: int = 1000
-    drift_min_rows: int = 200
-    drift_warn_psi: float = 0.1
-    drift_alert_psi: float = 0.25
-    drift_action: str = "alert"
-    drift_reference_rows: int = 2000
+    drift_window_rows: int = DriftSettings.window_rows
+    drift_min_rows: int = DriftSettings.min_rows
+    drift_warn_psi: float = DriftSettings.warn_psi
+    drift_alert_psi: float = DriftSettings.alert_psi
+    drift_action: str = DriftSettings.action
+    drift_reference_rows: int = DriftSettings.reference_rows
 
     def drift_settings(self) -> DriftSettings:
         return DriftSettings(

@@ -326,18 +326,18 @@ class ModelState:
         """One request: the primary; on a runner fault the fallback answers and the fault
         counts towards the breaker. An input error never reaches the fallback. Its wall
         time, however it ended, feeds `alone_ms_per_row` (see `may_run_inline`)."""
+        rows = batch_size_of(batch)
         start = time.perf_counter_ns()
         try:
-            return self._execute_alone_routed(batch, start)
+            return self._execute_alone_routed(batch, rows, start)
         finally:
-            per_row_ms = (time.perf_counter_ns() - start) / 1e6 / max(1, batch_size_of(batch))
+            per_row_ms = (time.perf_counter_ns() - start) / 1e6 / max(1, rows)
             before = self.alone_ms_per_row
             self.alone_ms_per_row = (
                 per_row_ms if before is None else 0.8 * before + 0.2 * per_row_ms
             )
 
-    def _execute_alone_routed(self, batch: Tensors, start: int) -> dict[str, np.ndarray]:
-        rows = batch_size_of(batch)
+    def _execute_alone_routed(self, batch: Tensors, rows: int, start: int) -> dict[str, np.ndarray]:
         primary_error: LabError | None = None
         if not self.drift_fallback and self.breaker.allow_primary():
             try:
